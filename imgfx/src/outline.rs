@@ -1,0 +1,418 @@
+//! Outline: dark lines drawn over the image (multiplied in), by one of the reference methods:
+//! XDoG (Winnemöller 2012; the default), Canny's edge detector (OpenCV's algorithm: 3×3 Sobel, L1
+//! magnitude, non-maximum suppression, hysteresis), or Pillow's `CONTOUR` / `FIND_EDGES` on the luma.
+//!
+//! Every method yields a line map `T` in [0, 1] (0 = full line, 1 = no line). The lines are thickened by a
+//! minimum filter of radius `thickness − 1`, then each colour sample becomes
+//! `round(v · (1 − strength · (1 − T)))`. Alpha is kept.
+
+use image::DynamicImage;
+use rayon::prelude::*;
+
+use crate::kernel::{pillow_filter, PillowFilter};
+use crate::pixels::{make_8bit, samples, samples_mut};
+use crate::plane::Plane;
+use crate::{Error, Result};
+
+/// How the lines are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum OutlineMethod {
+    /// Extended difference of Gaussians with a soft threshold.
+    #[default]
+    Xdog,
+    /// Canny edges (binary lines).
+    Canny,
+    /// Pillow's `CONTOUR` filter on the luma (dark lines on white).
+    Contour,
+    /// Pillow's `FIND_EDGES` on the luma, inverted.
+    FindEdges,
+}
+
+impl OutlineMethod {
+    /// The name in effect specifications.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Xdog => "xdog",
+            Self::Canny => "canny",
+            Self::Contour => "contour",
+            Self::FindEdges => "find_edges",
+        }
+    }
+
+    /// The method with this [`name`](Self::name).
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::Xdog, Self::Canny, Self::Contour, Self::FindEdges]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
+}
+
+/// Parameters of [`outline`]. XDoG's and Canny's keep their references' names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlineParams {
+    /// The line finder.
+    pub method: OutlineMethod,
+    /// 0 (no lines) to 1 (black lines); default 1.
+    pub strength: f32,
+    /// Line width in pixels, ≥ 1; default 1 (the method's own width).
+    pub thickness: u32,
+    /// XDoG: σ of the finer Gaussian (line scale); default 0.8.
+    pub sigma: f32,
+    /// XDoG: ratio of the two σ; default 1.6.
+    pub k: f32,
+    /// XDoG: sharpening `p` in `(1+p)·G_σ − p·G_kσ`; default 20.
+    pub p: f32,
+    /// XDoG: threshold ε on the [0, 1] scale; default 0.1.
+    pub epsilon: f32,
+    /// XDoG: steepness φ of the soft threshold; default 10.
+    pub phi: f32,
+    /// Canny: lower hysteresis threshold (OpenCV `threshold1`); default 100.
+    pub threshold1: f32,
+    /// Canny: upper hysteresis threshold (OpenCV `threshold2`); default 200.
+    pub threshold2: f32,
+}
+
+impl Default for OutlineParams {
+    fn default() -> Self {
+        Self {
+            method: OutlineMethod::Xdog,
+            strength: 1.0,
+            thickness: 1,
+            sigma: 0.8,
+            k: 1.6,
+            p: 20.0,
+            epsilon: 0.1,
+            phi: 10.0,
+            threshold1: 100.0,
+            threshold2: 200.0,
+        }
+    }
+}
+
+impl OutlineParams {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |param: &'static str, value: f32, reason: &str| Error::InvalidParameter {
+            effect: "outline",
+            param,
+            value: value.to_string(),
+            reason: reason.into(),
+        };
+        if !(0.0..=1.0).contains(&self.strength) {
+            return Err(bad("strength", self.strength, "must be 0 to 1"));
+        }
+        if self.thickness == 0 || self.thickness > 64 {
+            return Err(bad("thickness", self.thickness as f32, "must be 1 to 64"));
+        }
+        if !(self.sigma > 0.0 && self.sigma <= 50.0) {
+            return Err(bad("sigma", self.sigma, "must be in (0, 50]"));
+        }
+        if !(self.k > 0.0 && self.k * self.sigma <= 100.0) {
+            return Err(bad("k", self.k, "must be positive, k·sigma ≤ 100"));
+        }
+        for (name, v) in [("p", self.p), ("epsilon", self.epsilon), ("phi", self.phi)] {
+            if !v.is_finite() {
+                return Err(bad(name, v, "must be finite"));
+            }
+        }
+        for (name, v) in [
+            ("threshold1", self.threshold1),
+            ("threshold2", self.threshold2),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(name, v, "must be finite and ≥ 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// XDoG line map of a luma plane (values 0–255).
+fn xdog(luma: &Plane, p: &OutlineParams) -> Vec<f32> {
+    let g1 = luma.gaussian(p.sigma);
+    let g2 = luma.gaussian(p.sigma * p.k);
+    g1.data
+        .par_iter()
+        .zip(&g2.data)
+        .map(|(&a, &b)| {
+            let u = ((1.0 + p.p) * a - p.p * b) / 255.0;
+            if u >= p.epsilon {
+                1.0
+            } else {
+                (1.0 + (p.phi * (u - p.epsilon)).tanh()).max(0.0)
+            }
+        })
+        .collect()
+}
+
+/// OpenCV's Canny on a luma image: a boolean edge mask.
+pub(crate) fn canny(luma: &[u8], w: usize, h: usize, low: f32, high: f32) -> Vec<bool> {
+    // 3×3 Sobel with replicated borders, as cv::Canny does.
+    let at = |x: isize, y: isize| -> i32 {
+        let x = x.clamp(0, w as isize - 1) as usize;
+        let y = y.clamp(0, h as isize - 1) as usize;
+        luma[y * w + x] as i32
+    };
+    let mut dx = vec![0i32; w * h];
+    let mut dy = vec![0i32; w * h];
+    let mut mag = vec![0i32; w * h];
+    dx.par_chunks_mut(w)
+        .zip(dy.par_chunks_mut(w))
+        .zip(mag.par_chunks_mut(w))
+        .enumerate()
+        .for_each(|(y, ((rx, ry), rm))| {
+            let y = y as isize;
+            for x in 0..w {
+                let xi = x as isize;
+                let gx = (at(xi + 1, y - 1) + 2 * at(xi + 1, y) + at(xi + 1, y + 1))
+                    - (at(xi - 1, y - 1) + 2 * at(xi - 1, y) + at(xi - 1, y + 1));
+                let gy = (at(xi - 1, y + 1) + 2 * at(xi, y + 1) + at(xi + 1, y + 1))
+                    - (at(xi - 1, y - 1) + 2 * at(xi, y - 1) + at(xi + 1, y - 1));
+                rx[x] = gx;
+                ry[x] = gy;
+                rm[x] = gx.abs() + gy.abs();
+            }
+        });
+    // OpenCV (L1 gradient): integer thresholds by floor.
+    let low = low.floor() as i32;
+    let high = (high.floor() as i32).max(low);
+    let m = |x: isize, y: isize| -> i32 {
+        if x < 0 || y < 0 || x >= w as isize || y >= h as isize {
+            0
+        } else {
+            mag[y as usize * w + x as usize]
+        }
+    };
+    // 0 = not an edge, 1 = weak candidate, 2 = strong edge.
+    const TG22: i64 = 13573; // tan(22.5°)·2^15
+    let mut state = vec![0u8; w * h];
+    state.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
+        let yi = y as isize;
+        for x in 0..w {
+            let xi = x as isize;
+            let i = y * w + x;
+            let v = mag[i];
+            if v <= low {
+                continue;
+            }
+            let (gx, gy) = (dx[i] as i64, dy[i] as i64);
+            let ax = gx.abs();
+            let ay = gy.abs() << 15;
+            let tg22x = ax * TG22;
+            let is_max = if ay < tg22x {
+                v > m(xi - 1, yi) && v >= m(xi + 1, yi)
+            } else {
+                let tg67x = tg22x + (ax << 16);
+                if ay > tg67x {
+                    v > m(xi, yi - 1) && v >= m(xi, yi + 1)
+                } else {
+                    let s: isize = if (gx ^ gy) < 0 { -1 } else { 1 };
+                    v > m(xi - s, yi - 1) && v > m(xi + s, yi + 1)
+                }
+            };
+            if is_max {
+                row[x] = if v > high { 2 } else { 1 };
+            }
+        }
+    });
+    // Hysteresis: weak pixels 8-connected to strong ones become edges.
+    let mut stack: Vec<usize> = (0..w * h).filter(|&i| state[i] == 2).collect();
+    while let Some(i) = stack.pop() {
+        let (x, y) = ((i % w) as isize, (i / w) as isize);
+        for dy in -1..=1 {
+            for dxx in -1..=1 {
+                let (nx, ny) = (x + dxx, y + dy);
+                if nx < 0 || ny < 0 || nx >= w as isize || ny >= h as isize {
+                    continue;
+                }
+                let j = ny as usize * w + nx as usize;
+                if state[j] == 1 {
+                    state[j] = 2;
+                    stack.push(j);
+                }
+            }
+        }
+    }
+    state.into_iter().map(|s| s == 2).collect()
+}
+
+/// Minimum filter of radius `r` (square window, clamped borders): thickens dark lines.
+fn min_filter(t: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
+    if r == 0 {
+        return t.to_vec();
+    }
+    let mut tmp = vec![0f32; w * h];
+    tmp.par_chunks_mut(w).enumerate().for_each(|(y, o)| {
+        let row = &t[y * w..][..w];
+        for (x, ov) in o.iter_mut().enumerate() {
+            let lo = x.saturating_sub(r);
+            let hi = (x + r).min(w - 1);
+            *ov = row[lo..=hi].iter().copied().fold(f32::MAX, f32::min);
+        }
+    });
+    let mut out = vec![0f32; w * h];
+    out.par_chunks_mut(w).enumerate().for_each(|(y, o)| {
+        o.fill(f32::MAX);
+        for yy in y.saturating_sub(r)..=(y + r).min(h - 1) {
+            for (ov, &tv) in o.iter_mut().zip(&tmp[yy * w..][..w]) {
+                *ov = ov.min(tv);
+            }
+        }
+    });
+    out
+}
+
+/// The line map `T` (0 = line, 1 = none) of an 8-bit image, before thickening.
+pub fn line_map(img: &DynamicImage, p: &OutlineParams) -> Result<Vec<f32>> {
+    p.validate()?;
+    let mut src = img.clone();
+    make_8bit(&mut src);
+    let s = samples(&src).expect("8-bit");
+    let (w, h) = (s.width, s.height);
+    let luma = s.luma();
+    Ok(match p.method {
+        OutlineMethod::Xdog => xdog(&Plane::from_u8(w, h, &luma), p),
+        OutlineMethod::Canny => canny(&luma, w, h, p.threshold1, p.threshold2)
+            .into_iter()
+            .map(|e| if e { 0.0 } else { 1.0 })
+            .collect(),
+        OutlineMethod::Contour | OutlineMethod::FindEdges => {
+            let l = DynamicImage::ImageLuma8(
+                image::GrayImage::from_raw(w as u32, h as u32, luma).expect("luma size"),
+            );
+            let (f, invert) = if p.method == OutlineMethod::Contour {
+                (PillowFilter::Contour, false)
+            } else {
+                (PillowFilter::FindEdges, true)
+            };
+            let mut t: Vec<f32> = pillow_filter(&l, f)
+                .into_luma8()
+                .into_raw()
+                .into_iter()
+                .map(|v| {
+                    if invert {
+                        (255 - v) as f32 / 255.0
+                    } else {
+                        v as f32 / 255.0
+                    }
+                })
+                .collect();
+            // Pillow leaves the 1-pixel border unfiltered (plain luma there): no lines on it.
+            for y in 0..h {
+                for x in 0..w {
+                    if x == 0 || y == 0 || x + 1 == w || y + 1 == h {
+                        t[y * w + x] = 1.0;
+                    }
+                }
+            }
+            t
+        }
+    })
+}
+
+/// Outline in place: lines found by `p.method`, thickened, multiplied into the colour samples.
+pub fn outline_in_place(img: &mut DynamicImage, p: &OutlineParams) -> Result<()> {
+    crate::pixels::check_nonempty(img)?;
+    make_8bit(img);
+    let t = line_map(img, p)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let t = min_filter(&t, w, h, (p.thickness - 1) as usize);
+    let s = samples_mut(img);
+    let (cn, colour) = (s.channels, s.colour);
+    let strength = p.strength;
+    s.data
+        .par_chunks_mut(cn * w)
+        .zip(t.par_chunks(w))
+        .for_each(|(row, trow)| {
+            for (px, &tv) in row.chunks_exact_mut(cn).zip(trow) {
+                let f = 1.0 - strength * (1.0 - tv.clamp(0.0, 1.0));
+                for v in &mut px[..colour] {
+                    *v = (*v as f32 * f).round().clamp(0.0, 255.0) as u8;
+                }
+            }
+        });
+    Ok(())
+}
+
+/// Outline; see [`outline_in_place`].
+pub fn outline(img: &DynamicImage, p: &OutlineParams) -> Result<DynamicImage> {
+    let mut out = img.clone();
+    outline_in_place(&mut out, p)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step_image() -> DynamicImage {
+        DynamicImage::ImageRgb8(image::RgbImage::from_fn(32, 24, |x, _| {
+            if x < 16 {
+                image::Rgb([40, 40, 40])
+            } else {
+                image::Rgb([220, 220, 220])
+            }
+        }))
+    }
+
+    #[test]
+    fn flat_image_gets_no_lines() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            20,
+            20,
+            image::Rgb([180, 150, 120]),
+        ));
+        for m in [
+            OutlineMethod::Xdog,
+            OutlineMethod::Canny,
+            OutlineMethod::Contour,
+            OutlineMethod::FindEdges,
+        ] {
+            let p = OutlineParams {
+                method: m,
+                ..Default::default()
+            };
+            assert!(
+                outline(&img, &p).unwrap() == img,
+                "{m:?} drew lines on a flat image"
+            );
+        }
+    }
+
+    #[test]
+    fn canny_finds_a_vertical_step() {
+        let img = step_image();
+        let l = img.to_luma8();
+        let e = canny(l.as_raw(), 32, 24, 100.0, 200.0);
+        for y in 0..24 {
+            let row: Vec<usize> = (0..32).filter(|&x| e[y * 32 + x]).collect();
+            assert!(
+                !row.is_empty() && row.iter().all(|&x| (14..=17).contains(&x)),
+                "row {y}: {row:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_method_darkens_the_edge() {
+        for m in [
+            OutlineMethod::Xdog,
+            OutlineMethod::Canny,
+            OutlineMethod::Contour,
+            OutlineMethod::FindEdges,
+        ] {
+            let p = OutlineParams {
+                method: m,
+                thickness: 2,
+                ..Default::default()
+            };
+            let out = outline(&step_image(), &p).unwrap().to_rgb8();
+            let before: u32 = (13..19)
+                .map(|x| step_image().to_rgb8().get_pixel(x, 10)[0] as u32)
+                .sum();
+            let after: u32 = (13..19).map(|x| out.get_pixel(x, 10)[0] as u32).sum();
+            assert!(after < before, "{m:?}: {after} !< {before}");
+        }
+    }
+}
