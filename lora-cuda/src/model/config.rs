@@ -277,7 +277,7 @@ impl UNetConfig {
                 m.insert(format!("{}.bias", l.path), vec![l.out_dim]);
             }
         }
-        let mut norm = |m: &mut BTreeMap<String, Vec<usize>>, p: String, c: usize| {
+        let norm = |m: &mut BTreeMap<String, Vec<usize>>, p: String, c: usize| {
             m.insert(format!("{p}.weight"), vec![c]);
             m.insert(format!("{p}.bias"), vec![c]);
         };

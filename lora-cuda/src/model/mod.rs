@@ -14,3 +14,9 @@ pub mod names;
 
 pub use config::{BlockKind, ClipConfig, LayerInfo, LayerKind, UNetConfig};
 pub use names::{lora_targets, unet_diffusers_to_ldm, LoraSpec, LoraTarget};
+pub mod lora_net;
+pub mod pipeline;
+pub mod sd;
+
+pub use lora_net::LoraNetwork;
+pub use sd::SdModel;
