@@ -1,0 +1,59 @@
+//! Reads an fp16 checkpoint of at least 1 GB into f32, tensor by tensor, and hashes it.
+//!
+//! The file is generated in a temporary folder (8 × 128 MiB F16 tensors, 1 GiB of data). Targets:
+//! fp16 → f32 at ≥ 1 GB/s per core (throughput is reported in input bytes), sha256 at the `sha2`
+//! crate's native speed (compared against hashing the same bytes already in memory).
+//! `LORA_CORE_BENCH_MB` shrinks the file for a quick run.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lora_core::{write_safetensors, Metadata, SafetensorsFile, TensorView, DType};
+use sha2::{Digest, Sha256};
+use std::hint::black_box;
+
+fn make_checkpoint(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    let total_mb: usize = std::env::var("LORA_CORE_BENCH_MB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let n_tensors = 8usize;
+    let per_tensor = total_mb * (1 << 20) / n_tensors / 2; // f16 elements
+    let path = dir.join("fp16.safetensors");
+    let bufs: Vec<Vec<u8>> = (0..n_tensors)
+        .map(|t| {
+            let v: Vec<half::f16> =
+                (0..per_tensor).map(|i| half::f16::from_f32(((i * 31 + t) % 2001) as f32 * 1e-3 - 1.0)).collect();
+            bytemuck::cast_slice(&v).to_vec()
+        })
+        .collect();
+    let tensors: Vec<(String, TensorView)> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("model.w{i}"), TensorView::from_bytes(DType::F16, vec![per_tensor], b.as_slice()).unwrap()))
+        .collect();
+    write_safetensors(&path, &tensors, &Metadata::new()).unwrap();
+    let bytes = (n_tensors * per_tensor * 2) as u64;
+    (path, bytes)
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bytes) = make_checkpoint(dir.path());
+    let file = SafetensorsFile::open(&path).unwrap();
+    let names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    // Warm the page cache so the numbers measure conversion and hashing, not the disk.
+    black_box(Sha256::digest(file.bytes()));
+
+    let mut g = c.benchmark_group("fp16_checkpoint");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function("fp16_to_f32_all_tensors", |b| {
+        b.iter(|| {
+            for n in &names {
+                black_box(file.tensor_f32(n).unwrap());
+            }
+        })
+    });
+    g.bench_function("sha256_file", |b| b.iter(|| black_box(lora_core::sha256_file(&path).unwrap())));
+    g.bench_function("sha256_in_memory_native", |b| b.iter(|| black_box(Sha256::digest(file.data_section()))));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
