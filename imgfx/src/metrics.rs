@@ -17,10 +17,10 @@ use crate::pixels::{make_8bit, samples};
 use crate::plane::Plane;
 use crate::{Error, Result};
 
-/// How much darker than its 17×17 neighbourhood mean a pixel's luma must be to count as a line pixel.
-pub const LINE_CONTRAST: f32 = 24.0;
-/// Radius of the neighbourhood of [`LINE_CONTRAST`].
-pub const LINE_WINDOW_RADIUS: usize = 8;
+/// How much darker than the closing of the luma (see [`line_mask`]) a pixel must be to count as a line pixel.
+pub const LINE_DEPTH: u8 = 40;
+/// Radius of the closing of [`line_mask`]: dark structures up to `2·r` pixels wide count as lines.
+pub const LINE_RADIUS: usize = 4;
 /// A luma gradient (forward differences, `√(gx² + gy²)`) at or above this is an edge, not shading.
 pub const EDGE_GRADIENT: f32 = 24.0;
 
@@ -31,37 +31,44 @@ fn luma_of(img: &DynamicImage) -> (Vec<u8>, usize, usize) {
     (s.luma(), s.width, s.height)
 }
 
-/// Box mean of radius `r` with clamped borders (summed-area table).
-fn box_mean(l: &[u8], w: usize, h: usize, r: usize) -> Vec<f32> {
-    let mut sat = vec![0u64; (w + 1) * (h + 1)];
+/// Separable max (`max = true`) or min filter of radius `r` over a square window, clamped borders.
+fn rank_filter(l: &[u8], w: usize, h: usize, r: usize, max: bool) -> Vec<u8> {
+    let pick = |a: u8, b: u8| if max { a.max(b) } else { a.min(b) };
+    let init = if max { 0u8 } else { 255u8 };
+    let mut tmp = vec![0u8; w * h];
     for y in 0..h {
-        let mut row = 0u64;
         for x in 0..w {
-            row += l[y * w + x] as u64;
-            sat[(y + 1) * (w + 1) + x + 1] = sat[y * (w + 1) + x + 1] + row;
+            let (x0, x1) = (x.saturating_sub(r), (x + r).min(w - 1));
+            tmp[y * w + x] = l[y * w + x0..=y * w + x1]
+                .iter()
+                .fold(init, |a, &b| pick(a, b));
         }
     }
-    let mut out = vec![0f32; w * h];
+    let mut out = vec![0u8; w * h];
     for y in 0..h {
-        let (y0, y1) = (y.saturating_sub(r), (y + r + 1).min(h));
+        let (y0, y1) = (y.saturating_sub(r), (y + r).min(h - 1));
         for x in 0..w {
-            let (x0, x1) = (x.saturating_sub(r), (x + r + 1).min(w));
-            let s = sat[y1 * (w + 1) + x1] + sat[y0 * (w + 1) + x0]
-                - sat[y0 * (w + 1) + x1]
-                - sat[y1 * (w + 1) + x0];
-            out[y * w + x] = s as f32 / ((y1 - y0) * (x1 - x0)) as f32;
+            out[y * w + x] = (y0..=y1).fold(init, |a, yy| pick(a, tmp[yy * w + x]));
         }
     }
     out
 }
 
-/// The line pixels: luma at least [`LINE_CONTRAST`] below its neighbourhood mean.
+/// The line pixels: the black top-hat of the luma — its morphological closing (max then min filter of
+/// radius [`LINE_RADIUS`], which fills in thin dark structures) minus the luma — is at least
+/// [`LINE_DEPTH`]. Thin dark lines count; large dark regions and gentle shading do not.
 pub fn line_mask(img: &DynamicImage) -> Vec<bool> {
     let (l, w, h) = luma_of(img);
-    let m = box_mean(&l, w, h, LINE_WINDOW_RADIUS);
+    let closed = rank_filter(
+        &rank_filter(&l, w, h, LINE_RADIUS, true),
+        w,
+        h,
+        LINE_RADIUS,
+        false,
+    );
     l.iter()
-        .zip(&m)
-        .map(|(&v, &mv)| (v as f32) + LINE_CONTRAST <= mv)
+        .zip(&closed)
+        .map(|(&v, &c)| c.saturating_sub(v) >= LINE_DEPTH)
         .collect()
 }
 
