@@ -1,4 +1,84 @@
-//! Training backends for LoRA: CPU reference and hand-written CUDA kernels (cudarc + NVRTC), the Stable Diffusion model and trainer.
+//! Compute backends for LoRA training: a CPU reference backend (OpenBLAS + rayon) and hand-written CUDA
+//! kernels (cudarc + NVRTC), with the operations, their explicit backward passes, a small tape autograd,
+//! AdamW, gradient clipping and sd-scripts' learning-rate schedules.
 //!
-//! This crate grows in its own issue; see the workspace README.
+//! ```
+//! use lora_cuda::{Device, DType, Graph, LoraAdapter, LoraConfig, LoraContext, ParamStore, Tensor};
+//! use lora_cuda::optim::{clip_grad_norm, AdamW, AdamWConfig};
+//! use lora_cuda::schedule::{LrSchedule, ScheduleKind, Warmup};
+//! use rand::{rngs::StdRng, SeedableRng};
+//!
+//! # fn main() -> lora_cuda::Result<()> {
+//! let mut rng = StdRng::seed_from_u64(0);
+//! // A frozen linear layer 8 → 4 with a rank-2 LoRA on it.
+//! let mut store = ParamStore::new();
+//! let w = store.add("w", Tensor::randn(&[4, 8], DType::F32, &mut rng), false)?;
+//! let lora = LoraAdapter::new_linear(&mut store, "lora_layer", 8, 4, LoraConfig::new(2, 1.0), &mut rng)?;
+//! let mut opt = AdamW::new(AdamWConfig::default())?;
+//! let sched = LrSchedule::new(ScheduleKind::ConstantWithWarmup, 1e-2, Warmup::Steps(2), 10, 1.0, 1.0)?;
+//! let x = Tensor::randn(&[3, 8], DType::F32, &mut rng);
+//! let target = Tensor::randn(&[3, 4], DType::F32, &mut rng);
+//! let mut ctx = LoraContext::training(1);
+//! for step in 0..10 {
+//!     let mut g = Graph::new();
+//!     let (xv, tv, wv) = (g.input(x.clone()), g.input(target.clone()), g.param(&store, w)?);
+//!     let y = lora.linear(&mut g, &store, xv, wv, None, &mut ctx)?;
+//!     let loss = g.mse_loss(y, tv)?;
+//!     let mut grads = g.backward(loss)?;
+//!     assert!(grads.get(w).is_none()); // frozen: no gradient
+//!     clip_grad_norm(&mut grads, 1.0)?;
+//!     opt.step(&mut store, &grads, sched.lr_at(step))?;
+//! }
+//! assert_eq!(opt.state_len(), 2); // only lora_down and lora_up have optimizer state
+//! assert_eq!(Device::Cpu.to_string(), "cpu");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Design
+//! * [`Tensor`]: shape + dtype ([`DType`]: f32, bf16, f16, and f64 for exact CPU work) + storage on a
+//!   [`Device`] (CPU, or a CUDA ordinal chosen at run time with [`Device::cuda`], which returns
+//!   [`Error::CudaUnavailable`] rather than panicking where there is no driver or device).
+//! * [`ops`]: every operation as a forward function and an explicit backward function (matmul with
+//!   transposes, linear, conv2d, group/layer norm, SiLU/GELU/quick-GELU/GEGLU, softmax, attention, nearest
+//!   2× upsampling, concat/split, broadcasting add/sub/mul, scale, sum/mean, MSE, permute, embedding).
+//!   The CPU versions ([`cpu`]) are the reference: OpenBLAS `sgemm`/`dgemm`, im2col convolutions, rayon.
+//! * [`Graph`]: a tape. Each op records its output and a closure calling its backward function;
+//!   [`Graph::backward`] returns [`Grads`] for trainable parameters of a [`ParamStore`] only.
+//! * [`LoraAdapter`]: `y = W·x + m·s·U·(D·x)` for linear and conv layers with sd-scripts' dropout, rank
+//!   dropout and module dropout, and a signed per-step multiplier ([`LoraContext`]).
+//! * [`optim`]: AdamW (torch semantics) and global-norm clipping; [`schedule`]: sd-scripts' LR schedules.
+//! * [`cuda`]: the kernels (`lora-cuda/kernels/*.cu`), compiled with NVRTC on first use and cached per
+//!   device. Mixed precision: bf16/f16 activations and base weights, f32 LoRA master weights.
+//!
+//! # Checking kernels without a GPU
+//! Every `.cu` file is compiled with NVRTC for `compute_80` and `compute_90` and assembled with `ptxas`
+//! in the tests (`tests/nvrtc.rs`), and also compiled with the host C++ compiler against
+//! `kernels/emu/cuda_emu.h`, which emulates the CUDA thread model, and compared with the CPU reference
+//! (`tests/emu_parity.rs`). GPU parity tests (`tests/gpu_parity.rs`) run where a GPU exists and say that
+//! they were skipped otherwise.
 #![warn(missing_docs)]
+
+pub mod autograd;
+pub mod cpu;
+pub mod cuda;
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod lora;
+pub mod ops;
+pub mod optim;
+pub mod schedule;
+mod tensor;
+
+pub use autograd::{Grads, Graph, Param, ParamId, ParamStore, Var};
+pub use device::Device;
+pub use dtype::{DType, Real};
+pub use error::{Error, Result};
+pub use lora::{LoraAdapter, LoraConfig, LoraContext, LoraKind};
+pub use ops::{Activation, Conv2dCfg};
+pub use tensor::Tensor;
+pub mod model;
+pub mod demo;
+pub mod sched;
+pub mod train;

@@ -1,0 +1,1050 @@
+//! The CPU reference kernels, over plain row-major slices in a compute type `T` (`f32` or `f64`).
+//!
+//! Matrix products go through OpenBLAS `?gemm`; convolutions are im2col + GEMM; everything else is a
+//! clear loop, parallel with rayon where the work is large. These are the twins the CUDA kernels are
+//! checked against.
+
+use rayon::prelude::*;
+
+use crate::dtype::Real;
+
+/// Work below this many elements stays on one thread (rayon's overhead would dominate).
+const PAR_MIN: usize = 1 << 14;
+
+/// `c[i] = f(a[i])`, in parallel for large inputs.
+pub fn map<T: Real>(a: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
+    if a.len() >= PAR_MIN {
+        a.par_iter().map(|&x| f(x)).collect()
+    } else {
+        a.iter().map(|&x| f(x)).collect()
+    }
+}
+
+/// `c[i] = f(a[i], b[i])` for equal lengths.
+pub fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
+    debug_assert_eq!(a.len(), b.len());
+    if a.len() >= PAR_MIN {
+        a.par_iter()
+            .zip(b.par_iter())
+            .map(|(&x, &y)| f(x, y))
+            .collect()
+    } else {
+        a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y)).collect()
+    }
+}
+
+/// `c[i] = f(a[i], b[i], c[i])` for equal lengths.
+pub fn zip3_map<T: Real>(
+    a: &[T],
+    b: &[T],
+    c: &[T],
+    f: impl Fn(T, T, T) -> T + Sync + Send,
+) -> Vec<T> {
+    let n = a.len();
+    let mut out = vec![T::ZERO; n];
+    if n >= PAR_MIN {
+        out.par_iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f(a[i], b[i], c[i]));
+    } else {
+        for i in 0..n {
+            out[i] = f(a[i], b[i], c[i]);
+        }
+    }
+    out
+}
+
+/// Sum in f64 (pairwise through rayon for large inputs), returned in T.
+pub fn sum<T: Real>(a: &[T]) -> T {
+    let s: f64 = if a.len() >= PAR_MIN {
+        a.par_chunks(4096)
+            .map(|c| c.iter().map(|x| x.to_f64()).sum::<f64>())
+            .sum()
+    } else {
+        a.iter().map(|x| x.to_f64()).sum()
+    };
+    T::from_f64(s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix products
+
+/// Batched row-major GEMM: for each batch i, `C_i = alpha·op(A_i)·op(B_i) + beta·C_i`, where A_i has
+/// `a_stride` elements between batches (0: the same A for every batch), likewise B.
+#[allow(clippy::too_many_arguments)]
+pub fn batched_gemm<T: Real>(
+    ta: bool,
+    tb: bool,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    a_stride: usize,
+    b: &[T],
+    b_stride: usize,
+    beta: T,
+    c: &mut [T],
+) {
+    let lda = if ta { m } else { k };
+    let ldb = if tb { k } else { n };
+    for i in 0..batch {
+        let ao = i * a_stride;
+        let bo = i * b_stride;
+        T::gemm(
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            alpha,
+            &a[ao..ao + m * k],
+            lda,
+            &b[bo..bo + k * n],
+            ldb,
+            beta,
+            &mut c[i * m * n..(i + 1) * m * n],
+            n,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolution (NCHW, weights OIHW)
+
+/// The geometry of a 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Batch.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub o: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Zero padding (both axes).
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    /// Output height.
+    pub fn ho(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    /// Output width.
+    pub fn wo(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    /// Rows of the im2col matrix: c·kh·kw.
+    pub fn ckk(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// True when the convolution is a plain matrix product (1×1, stride 1, no padding).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+}
+
+/// Unfolds one image `x [c, h, w]` into `col [c·kh·kw, ho·wo]` (zeros where the window leaves the image).
+pub fn im2col<T: Real>(x: &[T], g: &ConvGeom, col: &mut [T]) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let hw = ho * wo;
+    col.par_chunks_mut(hw).enumerate().for_each(|(row, out)| {
+        let ci = row / (g.kh * g.kw);
+        let ky = (row / g.kw) % g.kh;
+        let kx = row % g.kw;
+        let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for oy in 0..ho {
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            let orow = &mut out[oy * wo..(oy + 1) * wo];
+            if iy < 0 || iy >= g.h as isize {
+                orow.iter_mut().for_each(|v| *v = T::ZERO);
+                continue;
+            }
+            let xrow = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+            for (ox, o) in orow.iter_mut().enumerate() {
+                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                *o = if ix < 0 || ix >= g.w as isize {
+                    T::ZERO
+                } else {
+                    xrow[ix as usize]
+                };
+            }
+        }
+    });
+}
+
+/// Folds `col [c·kh·kw, ho·wo]` back into one image `dx [c, h, w]`, adding overlapping windows.
+pub fn col2im<T: Real>(col: &[T], g: &ConvGeom, dx: &mut [T]) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let hw = ho * wo;
+    let kk = g.kh * g.kw;
+    dx.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(ci, xc)| {
+            xc.iter_mut().for_each(|v| *v = T::ZERO);
+            for k in 0..kk {
+                let ky = k / g.kw;
+                let kx = k % g.kw;
+                let crow = &col[(ci * kk + k) * hw..(ci * kk + k + 1) * hw];
+                for oy in 0..ho {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    for ox in 0..wo {
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        if ix >= 0 && ix < g.w as isize {
+                            xc[iy as usize * g.w + ix as usize] += crow[oy * wo + ox];
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Forward convolution: `y [n, o, ho, wo]` from `x [n, c, h, w]`, `w [o, c, kh, kw]`, optional bias `[o]`.
+pub fn conv2d_fwd<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeom) -> Vec<T> {
+    let hw = g.ho() * g.wo();
+    let ckk = g.ckk();
+    let mut y = vec![T::ZERO; g.n * g.o * hw];
+    let mut col = if g.is_pointwise() {
+        Vec::new()
+    } else {
+        vec![T::ZERO; ckk * hw]
+    };
+    for i in 0..g.n {
+        let xi = &x[i * g.c * g.h * g.w..(i + 1) * g.c * g.h * g.w];
+        let yi = &mut y[i * g.o * hw..(i + 1) * g.o * hw];
+        if let Some(b) = bias {
+            for (oc, row) in yi.chunks_mut(hw).enumerate() {
+                row.iter_mut().for_each(|v| *v = b[oc]);
+            }
+        }
+        let beta = if bias.is_some() { T::ONE } else { T::ZERO };
+        let src: &[T] = if g.is_pointwise() {
+            xi
+        } else {
+            im2col(xi, g, &mut col);
+            &col
+        };
+        T::gemm(
+            false,
+            false,
+            g.o,
+            hw,
+            ckk,
+            T::ONE,
+            w,
+            ckk,
+            src,
+            hw,
+            beta,
+            yi,
+            hw,
+        );
+    }
+    y
+}
+
+/// Backward convolution: gradients for the input, weight and bias (each only when asked for).
+#[allow(clippy::type_complexity)]
+pub fn conv2d_bwd<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    g: &ConvGeom,
+    need_dx: bool,
+    need_dw: bool,
+    need_db: bool,
+) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+    let hw = g.ho() * g.wo();
+    let ckk = g.ckk();
+    let chw = g.c * g.h * g.w;
+    let mut dx = need_dx.then(|| vec![T::ZERO; g.n * chw]);
+    let mut dw = need_dw.then(|| vec![T::ZERO; g.o * ckk]);
+    let db = need_db.then(|| {
+        let mut db = vec![T::ZERO; g.o];
+        for i in 0..g.n {
+            for (oc, d) in db.iter_mut().enumerate() {
+                let s = (i * g.o + oc) * hw;
+                *d += sum(&dy[s..s + hw]);
+            }
+        }
+        db
+    });
+    let mut col = vec![T::ZERO; if g.is_pointwise() { 0 } else { ckk * hw }];
+    let mut dcol = vec![
+        T::ZERO;
+        if g.is_pointwise() || !need_dx {
+            0
+        } else {
+            ckk * hw
+        }
+    ];
+    for i in 0..g.n {
+        let dyi = &dy[i * g.o * hw..(i + 1) * g.o * hw];
+        if let Some(dw) = dw.as_mut() {
+            let xi = &x[i * chw..(i + 1) * chw];
+            let src: &[T] = if g.is_pointwise() {
+                xi
+            } else {
+                im2col(xi, g, &mut col);
+                &col
+            };
+            // dW [o, ckk] += dY_i [o, hw] · col^T [hw, ckk]
+            T::gemm(
+                false,
+                true,
+                g.o,
+                ckk,
+                hw,
+                T::ONE,
+                dyi,
+                hw,
+                src,
+                hw,
+                T::ONE,
+                dw,
+                ckk,
+            );
+        }
+        if let Some(dx) = dx.as_mut() {
+            let dxi = &mut dx[i * chw..(i + 1) * chw];
+            if g.is_pointwise() {
+                T::gemm(
+                    true,
+                    false,
+                    ckk,
+                    hw,
+                    g.o,
+                    T::ONE,
+                    w,
+                    ckk,
+                    dyi,
+                    hw,
+                    T::ZERO,
+                    dxi,
+                    hw,
+                );
+            } else {
+                // dcol [ckk, hw] = W^T [ckk, o] · dY_i [o, hw]
+                T::gemm(
+                    true,
+                    false,
+                    ckk,
+                    hw,
+                    g.o,
+                    T::ONE,
+                    w,
+                    ckk,
+                    dyi,
+                    hw,
+                    T::ZERO,
+                    &mut dcol,
+                    hw,
+                );
+                col2im(&dcol, g, dxi);
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalisation
+
+/// Mean and 1/sqrt(var + eps) of each of `rows` contiguous rows of length `len` (biased variance,
+/// two-pass in f64 for accuracy).
+pub fn row_stats<T: Real>(x: &[T], rows: usize, len: usize, eps: f64) -> (Vec<T>, Vec<T>) {
+    let stats: Vec<(T, T)> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let s = &x[r * len..(r + 1) * len];
+            let mean = s.iter().map(|v| v.to_f64()).sum::<f64>() / len as f64;
+            let var = s
+                .iter()
+                .map(|v| {
+                    let d = v.to_f64() - mean;
+                    d * d
+                })
+                .sum::<f64>()
+                / len as f64;
+            (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()))
+        })
+        .collect();
+    stats.into_iter().unzip()
+}
+
+/// Group norm forward on `x [n, c, s]` with `groups` groups and per-channel affine.
+/// Returns `(y, mean[n·groups], rstd[n·groups])`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_fwd<T: Real>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    eps: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let cg = c / groups;
+    let len = cg * s;
+    let (mean, rstd) = row_stats(x, n * groups, len, eps);
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(s).enumerate().for_each(|(row, yr)| {
+        let ch = row % c;
+        let ng = (row / c) * groups + ch / cg;
+        let (m, r) = (mean[ng], rstd[ng]);
+        let ga = gamma.map_or(T::ONE, |g| g[ch]);
+        let be = beta.map_or(T::ZERO, |b| b[ch]);
+        let xr = &x[row * s..(row + 1) * s];
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = (v - m) * r * ga + be;
+        }
+    });
+    (y, mean, rstd)
+}
+
+/// Group norm backward. Returns `(dx, dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_bwd<T: Real>(
+    x: &[T],
+    dy: &[T],
+    mean: &[T],
+    rstd: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    gamma: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let cg = c / groups;
+    let len = (cg * s) as f64;
+    let mut dx = vec![T::ZERO; x.len()];
+    // Per (n, group): sums of dxhat and dxhat·xhat.
+    dx.par_chunks_mut(cg * s).enumerate().for_each(|(ng, dxg)| {
+        let (m, r) = (mean[ng].to_f64(), rstd[ng].to_f64());
+        let c0 = (ng % groups) * cg;
+        let base = ng * cg * s;
+        let mut s1 = 0.0f64;
+        let mut s2 = 0.0f64;
+        for j in 0..cg * s {
+            let ga = gamma.map_or(1.0, |g| g[c0 + j / s].to_f64());
+            let dxh = dy[base + j].to_f64() * ga;
+            let xh = (x[base + j].to_f64() - m) * r;
+            s1 += dxh;
+            s2 += dxh * xh;
+        }
+        let (a1, a2) = (s1 / len, s2 / len);
+        for (j, o) in dxg.iter_mut().enumerate() {
+            let ga = gamma.map_or(1.0, |g| g[c0 + j / s].to_f64());
+            let dxh = dy[base + j].to_f64() * ga;
+            let xh = (x[base + j].to_f64() - m) * r;
+            *o = T::from_f64(r * (dxh - a1 - xh * a2));
+        }
+    });
+    let mut dgamma = vec![0.0f64; c];
+    let mut dbeta = vec![0.0f64; c];
+    for i in 0..n {
+        for ch in 0..c {
+            let ng = i * groups + ch / cg;
+            let (m, r) = (mean[ng].to_f64(), rstd[ng].to_f64());
+            let off = (i * c + ch) * s;
+            for j in 0..s {
+                let d = dy[off + j].to_f64();
+                dgamma[ch] += d * (x[off + j].to_f64() - m) * r;
+                dbeta[ch] += d;
+            }
+        }
+    }
+    (
+        dx,
+        dgamma.into_iter().map(T::from_f64).collect(),
+        dbeta.into_iter().map(T::from_f64).collect(),
+    )
+}
+
+/// Layer norm forward over the last axis (`rows` rows of length `d`). Returns `(y, mean, rstd)`.
+pub fn layer_norm_fwd<T: Real>(
+    x: &[T],
+    rows: usize,
+    d: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    eps: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (mean, rstd) = row_stats(x, rows, d, eps);
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, yr)| {
+        let xr = &x[r * d..(r + 1) * d];
+        for j in 0..d {
+            let ga = gamma.map_or(T::ONE, |g| g[j]);
+            let be = beta.map_or(T::ZERO, |b| b[j]);
+            yr[j] = (xr[j] - mean[r]) * rstd[r] * ga + be;
+        }
+    });
+    (y, mean, rstd)
+}
+
+/// Layer norm backward. Returns `(dx, dgamma, dbeta)`.
+pub fn layer_norm_bwd<T: Real>(
+    x: &[T],
+    dy: &[T],
+    mean: &[T],
+    rstd: &[T],
+    rows: usize,
+    d: usize,
+    gamma: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let mut dx = vec![T::ZERO; x.len()];
+    dx.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, o)| {
+        let (m, rs) = (mean[r].to_f64(), rstd[r].to_f64());
+        let mut s1 = 0.0;
+        let mut s2 = 0.0;
+        for j in 0..d {
+            let dxh = dy[r * d + j].to_f64() * gamma.map_or(1.0, |g| g[j].to_f64());
+            let xh = (x[r * d + j].to_f64() - m) * rs;
+            s1 += dxh;
+            s2 += dxh * xh;
+        }
+        let (a1, a2) = (s1 / d as f64, s2 / d as f64);
+        for j in 0..d {
+            let dxh = dy[r * d + j].to_f64() * gamma.map_or(1.0, |g| g[j].to_f64());
+            let xh = (x[r * d + j].to_f64() - m) * rs;
+            o[j] = T::from_f64(rs * (dxh - a1 - xh * a2));
+        }
+    });
+    let mut dgamma = vec![0.0f64; d];
+    let mut dbeta = vec![0.0f64; d];
+    for r in 0..rows {
+        let (m, rs) = (mean[r].to_f64(), rstd[r].to_f64());
+        for j in 0..d {
+            let g = dy[r * d + j].to_f64();
+            dgamma[j] += g * (x[r * d + j].to_f64() - m) * rs;
+            dbeta[j] += g;
+        }
+    }
+    (
+        dx,
+        dgamma.into_iter().map(T::from_f64).collect(),
+        dbeta.into_iter().map(T::from_f64).collect(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax and attention
+
+/// Softmax over rows of length `d`, in place. With `causal = Some(offset)`, entry j of row i is masked
+/// when `j > (i % rows_per_matrix) + offset` (rows_per_matrix given in the tuple).
+pub fn softmax_rows_inplace<T: Real>(x: &mut [T], d: usize, causal: Option<(usize, usize)>) {
+    let body = |(r, row): (usize, &mut [T])| {
+        let limit = match causal {
+            Some((rows_per, off)) => ((r % rows_per) + off + 1).min(d),
+            None => d,
+        };
+        let mut mx = row[0];
+        for &v in &row[..limit] {
+            mx = mx.max(v);
+        }
+        let mut s = T::ZERO;
+        for v in row[..limit].iter_mut() {
+            *v = (*v - mx).exp();
+            s += *v;
+        }
+        let inv = T::ONE / s;
+        for v in row[..limit].iter_mut() {
+            *v *= inv;
+        }
+        for v in row[limit..].iter_mut() {
+            *v = T::ZERO;
+        }
+    };
+    if x.len() >= PAR_MIN {
+        x.par_chunks_mut(d).enumerate().for_each(body);
+    } else {
+        x.chunks_mut(d).enumerate().for_each(body);
+    }
+}
+
+/// Softmax backward over rows: `dx = y ⊙ (dy − Σ dy⊙y)`.
+pub fn softmax_rows_bwd<T: Real>(y: &[T], dy: &[T], d: usize) -> Vec<T> {
+    let mut dx = vec![T::ZERO; y.len()];
+    let body = |(r, o): (usize, &mut [T])| {
+        let yr = &y[r * d..(r + 1) * d];
+        let gr = &dy[r * d..(r + 1) * d];
+        let dot: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
+        for j in 0..d {
+            o[j] = yr[j] * (gr[j] - dot);
+        }
+    };
+    if y.len() >= PAR_MIN {
+        dx.par_chunks_mut(d).enumerate().for_each(body);
+    } else {
+        dx.chunks_mut(d).enumerate().for_each(body);
+    }
+    dx
+}
+
+/// The geometry of scaled dot-product attention: `bh` independent (batch·head) matrices,
+/// `q [bh, lq, d]`, `k [bh, lk, d]`, `v [bh, lk, dv]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnGeom {
+    /// batch·heads.
+    pub bh: usize,
+    /// Query length.
+    pub lq: usize,
+    /// Key/value length.
+    pub lk: usize,
+    /// Query/key width.
+    pub d: usize,
+    /// Value width.
+    pub dv: usize,
+    /// Logit scale (usually 1/sqrt(d)).
+    pub scale: f64,
+    /// Causal mask (query i sees keys j ≤ i + lk − lq).
+    pub causal: bool,
+}
+
+fn attn_probs<T: Real>(q: &[T], k: &[T], g: &AttnGeom, i: usize, p: &mut [T]) {
+    let qi = &q[i * g.lq * g.d..(i + 1) * g.lq * g.d];
+    let ki = &k[i * g.lk * g.d..(i + 1) * g.lk * g.d];
+    T::gemm(
+        false,
+        true,
+        g.lq,
+        g.lk,
+        g.d,
+        T::from_f64(g.scale),
+        qi,
+        g.d,
+        ki,
+        g.d,
+        T::ZERO,
+        p,
+        g.lk,
+    );
+    let causal = g.causal.then_some((g.lq, g.lk.saturating_sub(g.lq)));
+    softmax_rows_inplace(p, g.lk, causal);
+}
+
+/// Attention forward: `o = softmax(scale·q·kᵀ)·v`, one (batch, head) matrix at a time (the probability
+/// matrix is never kept: the backward pass recomputes it, as the flash kernel does).
+pub fn attention_fwd<T: Real>(q: &[T], k: &[T], v: &[T], g: &AttnGeom) -> Vec<T> {
+    let mut o = vec![T::ZERO; g.bh * g.lq * g.dv];
+    let mut p = vec![T::ZERO; g.lq * g.lk];
+    for i in 0..g.bh {
+        attn_probs(q, k, g, i, &mut p);
+        let vi = &v[i * g.lk * g.dv..(i + 1) * g.lk * g.dv];
+        let oi = &mut o[i * g.lq * g.dv..(i + 1) * g.lq * g.dv];
+        T::gemm(
+            false,
+            false,
+            g.lq,
+            g.dv,
+            g.lk,
+            T::ONE,
+            &p,
+            g.lk,
+            vi,
+            g.dv,
+            T::ZERO,
+            oi,
+            g.dv,
+        );
+    }
+    o
+}
+
+/// Attention backward: `(dq, dk, dv)`.
+pub fn attention_bwd<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d_o: &[T],
+    g: &AttnGeom,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let mut dq = vec![T::ZERO; q.len()];
+    let mut dk = vec![T::ZERO; k.len()];
+    let mut dv = vec![T::ZERO; v.len()];
+    let mut p = vec![T::ZERO; g.lq * g.lk];
+    let mut dp = vec![T::ZERO; g.lq * g.lk];
+    let sc = T::from_f64(g.scale);
+    for i in 0..g.bh {
+        attn_probs(q, k, g, i, &mut p);
+        let (qo, ko, vo, oo) = (
+            i * g.lq * g.d,
+            i * g.lk * g.d,
+            i * g.lk * g.dv,
+            i * g.lq * g.dv,
+        );
+        let doi = &d_o[oo..oo + g.lq * g.dv];
+        // dV = Pᵀ·dO
+        T::gemm(
+            true,
+            false,
+            g.lk,
+            g.dv,
+            g.lq,
+            T::ONE,
+            &p,
+            g.lk,
+            doi,
+            g.dv,
+            T::ZERO,
+            &mut dv[vo..vo + g.lk * g.dv],
+            g.dv,
+        );
+        // dP = dO·Vᵀ
+        T::gemm(
+            false,
+            true,
+            g.lq,
+            g.lk,
+            g.dv,
+            T::ONE,
+            doi,
+            g.dv,
+            &v[vo..vo + g.lk * g.dv],
+            g.dv,
+            T::ZERO,
+            &mut dp,
+            g.lk,
+        );
+        // dS = P ⊙ (dP − rowsum(dP ⊙ P))
+        let ds = softmax_rows_bwd(&p, &dp, g.lk);
+        // dQ = scale·dS·K ; dK = scale·dSᵀ·Q
+        T::gemm(
+            false,
+            false,
+            g.lq,
+            g.d,
+            g.lk,
+            sc,
+            &ds,
+            g.lk,
+            &k[ko..ko + g.lk * g.d],
+            g.d,
+            T::ZERO,
+            &mut dq[qo..qo + g.lq * g.d],
+            g.d,
+        );
+        T::gemm(
+            true,
+            false,
+            g.lk,
+            g.d,
+            g.lq,
+            sc,
+            &ds,
+            g.lk,
+            &q[qo..qo + g.lq * g.d],
+            g.d,
+            T::ZERO,
+            &mut dk[ko..ko + g.lk * g.d],
+            g.d,
+        );
+    }
+    (dq, dk, dv)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout: broadcasting, permutes, concatenation, upsampling
+
+/// The numpy broadcast of two shapes, or None when they are incompatible.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let nd = a.len().max(b.len());
+    let mut out = vec![0; nd];
+    for i in 0..nd {
+        let da = if i + a.len() >= nd {
+            a[i + a.len() - nd]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= nd {
+            b[i + b.len() - nd]
+        } else {
+            1
+        };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return None;
+        };
+    }
+    Some(out)
+}
+
+/// Strides of `shape` seen through the broadcast to `out` (0 on broadcast axes).
+pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let nd = out.len();
+    let mut st = vec![0; nd];
+    let mut acc = 1;
+    for i in (0..shape.len()).rev() {
+        let oi = i + nd - shape.len();
+        st[oi] = if shape[i] == 1 && out[oi] != 1 {
+            0
+        } else {
+            acc
+        };
+        acc *= shape[i];
+    }
+    st
+}
+
+fn offsets_of_row(row: usize, out: &[usize], strides: &[&[usize]], offs: &mut [usize]) {
+    // Decompose the row index over all axes but the last.
+    let nd = out.len();
+    offs.iter_mut().for_each(|o| *o = 0);
+    let mut r = row;
+    for ax in (0..nd.saturating_sub(1)).rev() {
+        let idx = r % out[ax];
+        r /= out[ax];
+        for (o, s) in offs.iter_mut().zip(strides) {
+            *o += idx * s[ax];
+        }
+    }
+}
+
+/// `c = f(a, b)` with numpy broadcasting to shape `out`.
+pub fn broadcast_binary<T: Real>(
+    a: &[T],
+    ash: &[usize],
+    b: &[T],
+    bsh: &[usize],
+    out: &[usize],
+    f: impl Fn(T, T) -> T + Sync + Send,
+) -> Vec<T> {
+    if ash == bsh {
+        return zip_map(a, b, f);
+    }
+    let n: usize = out.iter().product();
+    if out.is_empty() {
+        return vec![f(a[0], b[0])];
+    }
+    let sa = broadcast_strides(ash, out);
+    let sb = broadcast_strides(bsh, out);
+    let last = *out.last().unwrap_or(&1);
+    let (la, lb) = (sa[out.len() - 1], sb[out.len() - 1]);
+    let mut c = vec![T::ZERO; n];
+    let body = |(row, cr): (usize, &mut [T])| {
+        let mut offs = [0usize; 2];
+        offsets_of_row(row, out, &[&sa, &sb], &mut offs);
+        for (j, o) in cr.iter_mut().enumerate() {
+            *o = f(a[offs[0] + j * la], b[offs[1] + j * lb]);
+        }
+    };
+    if last == 0 {
+        return c;
+    }
+    if n >= PAR_MIN {
+        c.par_chunks_mut(last).enumerate().for_each(body);
+    } else {
+        c.chunks_mut(last).enumerate().for_each(body);
+    }
+    c
+}
+
+/// Sums a gradient of shape `out` down to the broadcast input shape `shape`.
+pub fn sum_to_shape<T: Real>(g: &[T], out: &[usize], shape: &[usize]) -> Vec<T> {
+    if out == shape {
+        return g.to_vec();
+    }
+    let n_in: usize = shape.iter().product();
+    let mut acc = vec![0.0f64; n_in];
+    if out.is_empty() {
+        return vec![g[0]];
+    }
+    let st = broadcast_strides(shape, out);
+    let last = *out.last().unwrap_or(&1);
+    if last == 0 {
+        return vec![T::ZERO; n_in];
+    }
+    let ls = st[out.len() - 1];
+    let mut offs = [0usize; 1];
+    for (row, gr) in g.chunks(last).enumerate() {
+        offsets_of_row(row, out, &[&st], &mut offs);
+        for (j, &v) in gr.iter().enumerate() {
+            acc[offs[0] + j * ls] += v.to_f64();
+        }
+    }
+    acc.into_iter().map(T::from_f64).collect()
+}
+
+/// Permutes the axes: `out` axis i is input axis `perm[i]`.
+pub fn permute<T: Real>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+    let nd = shape.len();
+    let mut in_strides = vec![1usize; nd];
+    for i in (0..nd.saturating_sub(1)).rev() {
+        in_strides[i] = in_strides[i + 1] * shape[i + 1];
+    }
+    let out: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let st: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+    let n = x.len();
+    if nd == 0 || n == 0 {
+        return x.to_vec();
+    }
+    let last = out[nd - 1];
+    let ls = st[nd - 1];
+    let mut y = vec![T::ZERO; n];
+    let body = |(row, yr): (usize, &mut [T])| {
+        let mut offs = [0usize; 1];
+        offsets_of_row(row, &out, &[&st], &mut offs);
+        for (j, o) in yr.iter_mut().enumerate() {
+            *o = x[offs[0] + j * ls];
+        }
+    };
+    if n >= PAR_MIN {
+        y.par_chunks_mut(last).enumerate().for_each(body);
+    } else {
+        y.chunks_mut(last).enumerate().for_each(body);
+    }
+    y
+}
+
+/// Concatenates blocks along an axis: each input is `[outer, sizes[i], inner]`.
+pub fn concat<T: Real>(parts: &[&[T]], sizes: &[usize], outer: usize, inner: usize) -> Vec<T> {
+    let total: usize = sizes.iter().sum();
+    let mut y = vec![T::ZERO; outer * total * inner];
+    for o in 0..outer {
+        let mut off = o * total * inner;
+        for (p, &s) in parts.iter().zip(sizes) {
+            let len = s * inner;
+            y[off..off + len].copy_from_slice(&p[o * len..(o + 1) * len]);
+            off += len;
+        }
+    }
+    y
+}
+
+/// Splits `[outer, Σsizes, inner]` into parts `[outer, sizes[i], inner]`.
+pub fn split<T: Real>(x: &[T], sizes: &[usize], outer: usize, inner: usize) -> Vec<Vec<T>> {
+    let total: usize = sizes.iter().sum();
+    let mut parts: Vec<Vec<T>> = sizes
+        .iter()
+        .map(|&s| Vec::with_capacity(outer * s * inner))
+        .collect();
+    for o in 0..outer {
+        let mut off = o * total * inner;
+        for (p, &s) in parts.iter_mut().zip(sizes) {
+            p.extend_from_slice(&x[off..off + s * inner]);
+            off += s * inner;
+        }
+    }
+    parts
+}
+
+/// Nearest-neighbour 2× upsampling of `[planes, h, w]` to `[planes, 2h, 2w]`.
+pub fn upsample2x<T: Real>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
+    let mut y = vec![T::ZERO; planes * 4 * h * w];
+    y.par_chunks_mut((4 * h * w).max(1))
+        .enumerate()
+        .for_each(|(p, yp)| {
+            let xp = &x[p * h * w..(p + 1) * h * w];
+            for i in 0..2 * h {
+                for j in 0..2 * w {
+                    yp[i * 2 * w + j] = xp[(i / 2) * w + j / 2];
+                }
+            }
+        });
+    y
+}
+
+/// Backward of [`upsample2x`]: each input pixel receives the sum of its four copies.
+pub fn upsample2x_bwd<T: Real>(dy: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
+    let mut dx = vec![T::ZERO; planes * h * w];
+    dx.par_chunks_mut((h * w).max(1))
+        .enumerate()
+        .for_each(|(p, dp)| {
+            let yp = &dy[p * 4 * h * w..(p + 1) * 4 * h * w];
+            for i in 0..h {
+                for j in 0..w {
+                    let a = yp[(2 * i) * 2 * w + 2 * j];
+                    let b = yp[(2 * i) * 2 * w + 2 * j + 1];
+                    let c = yp[(2 * i + 1) * 2 * w + 2 * j];
+                    let d = yp[(2 * i + 1) * 2 * w + 2 * j + 1];
+                    dp[i * w + j] = a + b + c + d;
+                }
+            }
+        });
+    dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_shapes() {
+        assert_eq!(broadcast_shape(&[2, 3], &[3]), Some(vec![2, 3]));
+        assert_eq!(broadcast_shape(&[2, 1, 4], &[3, 1]), Some(vec![2, 3, 4]));
+        assert_eq!(broadcast_shape(&[2, 3], &[4]), None);
+    }
+
+    #[test]
+    fn broadcast_add_and_reduce_back() {
+        let a: Vec<f64> = (0..6).map(|v| v as f64).collect();
+        let b = vec![10.0, 20.0, 30.0];
+        let c = broadcast_binary(&a, &[2, 3], &b, &[3], &[2, 3], |x, y| x + y);
+        assert_eq!(c, vec![10., 21., 32., 13., 24., 35.]);
+        let g = sum_to_shape(&c, &[2, 3], &[3]);
+        assert_eq!(g, vec![23., 45., 67.]);
+        let col = vec![1.0, 2.0];
+        let c2 = broadcast_binary(&a, &[2, 3], &col, &[2, 1], &[2, 3], |x, y| x * y);
+        assert_eq!(c2, vec![0., 1., 2., 6., 8., 10.]);
+    }
+
+    #[test]
+    fn permute_transposes() {
+        let x: Vec<f64> = (0..6).map(|v| v as f64).collect();
+        assert_eq!(permute(&x, &[2, 3], &[1, 0]), vec![0., 3., 1., 4., 2., 5.]);
+    }
+
+    #[test]
+    fn concat_split_round_trip() {
+        let a: Vec<f64> = (0..8).map(|v| v as f64).collect();
+        let b: Vec<f64> = (0..4).map(|v| 100.0 + v as f64).collect();
+        let c = concat(&[&a, &b], &[2, 1], 2, 2);
+        let parts = split(&c, &[2, 1], 2, 2);
+        assert_eq!(parts[0], a);
+        assert_eq!(parts[1], b);
+    }
+
+    #[test]
+    fn im2col_col2im_adjoint() {
+        // <im2col(x), c> == <x, col2im(c)> for the same geometry.
+        let g = ConvGeom {
+            n: 1,
+            c: 2,
+            h: 5,
+            w: 4,
+            o: 1,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            pad: 1,
+        };
+        let x: Vec<f64> = (0..40).map(|v| (v as f64 * 0.37).sin()).collect();
+        let mut col = vec![0.0; g.ckk() * g.ho() * g.wo()];
+        im2col(&x, &g, &mut col);
+        let cv: Vec<f64> = (0..col.len()).map(|v| (v as f64 * 0.11).cos()).collect();
+        let mut back = vec![0.0; 40];
+        col2im(&cv, &g, &mut back);
+        let l: f64 = col.iter().zip(&cv).map(|(a, b)| a * b).sum();
+        let r: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+        assert!((l - r).abs() < 1e-12);
+    }
+}
