@@ -220,8 +220,8 @@ pub struct Scene {
 }
 
 impl Scene {
-    /// A uniformly random scene (a colour that would vanish into its background is never chosen... it is
-    /// allowed: the world has no such collisions because no shape colour is white, black or gray).
+    /// A uniformly random scene (no shape colour is white, black or gray, so a shape never vanishes into its
+    /// background).
     pub fn random(rng: &mut Rng) -> Self {
         Scene {
             shape: *rng.choose(Shape::ALL).unwrap_or(&Shape::Circle),

@@ -9,14 +9,14 @@
 //! (`steps_offset=1`, `set_alpha_to_one=False`, "leading" timestep spacing).
 //!
 //! ```
-//! use lora_cuda::sched::{NoiseSchedule, Prediction, Ddim, Rng};
+//! use lora_cuda::sched::{NoiseSchedule, Prediction, Ddim, Rng, Sampler};
 //! let sched = NoiseSchedule::sd_default();
 //! let x0 = vec![0.5f32; 8];
 //! let mut rng = Rng::new(0);
 //! let noise = rng.normal_vec(8);
 //! let t = 500;
 //! let xt = sched.add_noise(&x0, &noise, t);
-//! // A perfect epsilon model recovers x0 from one DDIM step to t = -1 ... up to the final alpha.
+//! // Knowing the noise recovers x0 exactly.
 //! let pred_x0 = sched.predict_x0(&xt, &noise, t, Prediction::Epsilon);
 //! assert!((pred_x0[0] - 0.5).abs() < 1e-4);
 //! let ddim = Ddim::new(&sched, 50);
