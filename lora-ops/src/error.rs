@@ -49,6 +49,9 @@ pub enum Error {
         /// What is wrong, naming the tensor where there is one.
         message: String,
     },
+    /// An error from `lora-core` (file I/O, names); it names the file and the tensor.
+    #[error(transparent)]
+    Core(#[from] lora_core::Error),
     /// An error raised while processing one file, with the file named.
     #[error("{}: {source}", path.display())]
     InFile {
@@ -66,7 +69,7 @@ impl Error {
     /// Wraps the error with the file it happened in (unless it already names one).
     pub fn in_file(self, path: impl Into<PathBuf>) -> Error {
         match self {
-            e @ (Error::Io { .. } | Error::Format { .. } | Error::InFile { .. }) => e,
+            e @ (Error::Io { .. } | Error::Format { .. } | Error::InFile { .. } | Error::Core(_)) => e,
             e => Error::InFile { path: path.into(), source: Box::new(e) },
         }
     }
