@@ -104,6 +104,9 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// Bad command-line usage.
+    #[error("{0}")]
+    Usage(String),
     /// The in-memory JPEG round trip failed.
     #[error("JPEG round trip failed: {0}")]
     Jpeg(String),

@@ -43,6 +43,7 @@
 //! parallel with rayon where the work is large enough to pay.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod effect;
 mod error;
 pub mod flatten;
