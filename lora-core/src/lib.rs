@@ -44,6 +44,7 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+pub mod inspect;
 mod dtype;
 mod error;
 pub mod hash;
