@@ -9,6 +9,7 @@
 //! assert_eq!(targets[0].lora_name, "lora_te_text_model_encoder_layers_0_self_attn_k_proj");
 //! ```
 
+pub mod checkpoint;
 pub mod config;
 pub mod names;
 

@@ -20,6 +20,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod lora_io;
+
 use crate::autograd::{Graph, ParamId, Var};
 use crate::demo::WordTokenizer;
 use crate::error::{Error, Result};
