@@ -20,7 +20,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dataset;
 pub mod lora_io;
+pub mod network;
 
 use crate::autograd::{Graph, ParamId, Var};
 use crate::demo::WordTokenizer;
