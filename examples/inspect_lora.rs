@@ -30,7 +30,10 @@ fn main() -> ExitCode {
     };
     match lora_core::inspect::inspect(&path) {
         Ok(r) if json => {
-            println!("{}", serde_json::to_string_pretty(&r.to_json()).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r.to_json()).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Ok(r) => {

@@ -6,26 +6,35 @@
 //! `LORA_CORE_BENCH_MB` shrinks the file for a quick run.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lora_core::{write_safetensors, Metadata, SafetensorsFile, TensorView, DType};
+use lora_core::{write_safetensors, DType, Metadata, SafetensorsFile, TensorView};
 use sha2::{Digest, Sha256};
 use std::hint::black_box;
 
 fn make_checkpoint(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
-    let total_mb: usize = std::env::var("LORA_CORE_BENCH_MB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let total_mb: usize = std::env::var("LORA_CORE_BENCH_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
     let n_tensors = 8usize;
     let per_tensor = total_mb * (1 << 20) / n_tensors / 2; // f16 elements
     let path = dir.join("fp16.safetensors");
     let bufs: Vec<Vec<u8>> = (0..n_tensors)
         .map(|t| {
-            let v: Vec<half::f16> =
-                (0..per_tensor).map(|i| half::f16::from_f32(((i * 31 + t) % 2001) as f32 * 1e-3 - 1.0)).collect();
+            let v: Vec<half::f16> = (0..per_tensor)
+                .map(|i| half::f16::from_f32(((i * 31 + t) % 2001) as f32 * 1e-3 - 1.0))
+                .collect();
             bytemuck::cast_slice(&v).to_vec()
         })
         .collect();
     let tensors: Vec<(String, TensorView)> = bufs
         .iter()
         .enumerate()
-        .map(|(i, b)| (format!("model.w{i}"), TensorView::from_bytes(DType::F16, vec![per_tensor], b.as_slice()).unwrap()))
+        .map(|(i, b)| {
+            (
+                format!("model.w{i}"),
+                TensorView::from_bytes(DType::F16, vec![per_tensor], b.as_slice()).unwrap(),
+            )
+        })
         .collect();
     write_safetensors(&path, &tensors, &Metadata::new()).unwrap();
     let bytes = (n_tensors * per_tensor * 2) as u64;
@@ -50,8 +59,12 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("sha256_file", |b| b.iter(|| black_box(lora_core::sha256_file(&path).unwrap())));
-    g.bench_function("sha256_in_memory_native", |b| b.iter(|| black_box(Sha256::digest(file.data_section()))));
+    g.bench_function("sha256_file", |b| {
+        b.iter(|| black_box(lora_core::sha256_file(&path).unwrap()))
+    });
+    g.bench_function("sha256_in_memory_native", |b| {
+        b.iter(|| black_box(Sha256::digest(file.data_section())))
+    });
     g.finish();
 }
 

@@ -59,7 +59,10 @@ impl Checkpoint {
             let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
             let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
             if n < 4 {
-                return Err(Error::Truncated { file: path.into(), len: n as u64 });
+                return Err(Error::Truncated {
+                    file: path.into(),
+                    len: n as u64,
+                });
             }
         }
         let inner = if &head == b"PK\x03\x04" {
@@ -73,7 +76,10 @@ impl Checkpoint {
         } else {
             Inner::Safetensors(SafetensorsFile::open(path)?)
         };
-        Ok(Checkpoint { path: path.into(), inner })
+        Ok(Checkpoint {
+            path: path.into(),
+            inner,
+        })
     }
 
     /// The file's path.
@@ -119,7 +125,11 @@ impl Checkpoint {
         if self.contains(&normalized) {
             return Some(normalized);
         }
-        let stripped = key.replacen("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer.", 1);
+        let stripped = key.replacen(
+            "cond_stage_model.transformer.text_model.",
+            "cond_stage_model.transformer.",
+            1,
+        );
         self.contains(&stripped).then_some(stripped)
     }
 
@@ -147,7 +157,11 @@ impl Checkpoint {
         match &self.inner {
             Inner::Safetensors(f) => {
                 let i = f.info(name)?;
-                Ok(RawTensor { dtype: i.dtype, shape: i.shape.clone(), data: Cow::Borrowed(f.tensor_bytes(name)?) })
+                Ok(RawTensor {
+                    dtype: i.dtype,
+                    shape: i.shape.clone(),
+                    data: Cow::Borrowed(f.tensor_bytes(name)?),
+                })
             }
             Inner::Torch(t) => t.raw(&self.path, name),
         }
@@ -159,10 +173,19 @@ impl Checkpoint {
         let numel: usize = raw.shape.iter().product();
         let mut out = vec![0f32; numel];
         if !bytes_to_f32(raw.dtype, &raw.data, &mut out) {
-            return Err(Error::UnsupportedDtype { file: self.path.clone(), tensor: name.into(), dtype: raw.dtype.to_string() });
+            return Err(Error::UnsupportedDtype {
+                file: self.path.clone(),
+                tensor: name.into(),
+                dtype: raw.dtype.to_string(),
+            });
         }
         if let Some((index, value)) = first_non_finite(&out) {
-            return Err(Error::NonFinite { file: self.path.clone(), tensor: name.into(), index, value });
+            return Err(Error::NonFinite {
+                file: self.path.clone(),
+                tensor: name.into(),
+                index,
+                value,
+            });
         }
         ArrayD::from_shape_vec(IxDyn(&raw.shape), out).map_err(|e| Error::BadShape {
             file: self.path.clone(),
@@ -174,12 +197,17 @@ impl Checkpoint {
 
     /// Every tensor as `f32`, one at a time, sorted by name.
     pub fn iter_f32(&self) -> impl Iterator<Item = (String, Result<ArrayD<f32>>)> + '_ {
-        self.names().into_iter().map(move |n| (n.to_string(), self.tensor_f32(n)))
+        self.names()
+            .into_iter()
+            .map(move |n| (n.to_string(), self.tensor_f32(n)))
     }
 }
 
 fn zip_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Zip { file: path.into(), message: e.to_string() }
+    Error::Zip {
+        file: path.into(),
+        message: e.to_string(),
+    }
 }
 
 impl TorchFile {
@@ -187,7 +215,8 @@ impl TorchFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: read-only map; see `SafetensorsFile::open`.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&mmap[..])).map_err(|e| zip_err(path, e))?;
+        let mut archive =
+            zip::ZipArchive::new(std::io::Cursor::new(&mmap[..])).map_err(|e| zip_err(path, e))?;
         let pkl_name = archive
             .file_names()
             .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
@@ -205,36 +234,70 @@ impl TorchFile {
                 continue;
             }
             if f.compression() != zip::CompressionMethod::Stored {
-                return Err(zip_err(path, format!("entry {name} is compressed; torch writes stored entries")));
+                return Err(zip_err(
+                    path,
+                    format!("entry {name} is compressed; torch writes stored entries"),
+                ));
             }
             let start = usize::try_from(f.data_start()).map_err(|e| zip_err(path, e))?;
             let len = usize::try_from(f.size()).map_err(|e| zip_err(path, e))?;
-            let end = start.checked_add(len).filter(|&e| e <= mmap.len()).ok_or_else(|| zip_err(path, format!("entry {name} runs past the end of the file")))?;
+            let end = start
+                .checked_add(len)
+                .filter(|&e| e <= mmap.len())
+                .ok_or_else(|| {
+                    zip_err(path, format!("entry {name} runs past the end of the file"))
+                })?;
             if name == pkl_name {
                 pkl_range = Some((start, end));
             } else {
-                storages.insert(name[prefix.len() + "data/".len()..].to_string(), (start, end));
+                storages.insert(
+                    name[prefix.len() + "data/".len()..].to_string(),
+                    (start, end),
+                );
             }
         }
         let (a, b) = pkl_range.ok_or_else(|| zip_err(path, "data.pkl missing"))?;
         let top = pickle::load(&mmap[a..b]).map_err(|e| match e {
-            PickleError::Malformed(message) => Error::Pickle { file: path.into(), entry: pkl_name.clone(), message },
-            PickleError::Forbidden { module, name } => Error::ForbiddenGlobal { file: path.into(), entry: pkl_name.clone(), module, name },
+            PickleError::Malformed(message) => Error::Pickle {
+                file: path.into(),
+                entry: pkl_name.clone(),
+                message,
+            },
+            PickleError::Forbidden { module, name } => Error::ForbiddenGlobal {
+                file: path.into(),
+                entry: pkl_name.clone(),
+                module,
+                name,
+            },
         })?;
         let tensors = collect_tensors(path, &pkl_name, top)?;
         let mut index = HashMap::new();
         for (i, (n, t)) in tensors.iter().enumerate() {
             if index.insert(n.clone(), i).is_some() {
-                return Err(Error::DuplicateTensor { file: path.into(), tensor: n.clone() });
+                return Err(Error::DuplicateTensor {
+                    file: path.into(),
+                    tensor: n.clone(),
+                });
             }
             check_extent(path, n, t, &storages)?;
         }
         drop(archive);
-        Ok(TorchFile { mmap, tensors, index, storages })
+        Ok(TorchFile {
+            mmap,
+            tensors,
+            index,
+            storages,
+        })
     }
 
     fn get(&self, path: &Path, name: &str) -> Result<&TensorRef> {
-        self.index.get(name).map(|&i| &self.tensors[i].1).ok_or_else(|| Error::TensorNotFound { file: path.into(), tensor: name.into() })
+        self.index
+            .get(name)
+            .map(|&i| &self.tensors[i].1)
+            .ok_or_else(|| Error::TensorNotFound {
+                file: path.into(),
+                tensor: name.into(),
+            })
     }
 
     fn raw(&self, path: &Path, name: &str) -> Result<RawTensor<'_>> {
@@ -265,7 +328,11 @@ impl TorchFile {
             }
             Cow::Owned(out)
         };
-        Ok(RawTensor { dtype: t.storage.dtype, shape: t.shape.clone(), data })
+        Ok(RawTensor {
+            dtype: t.storage.dtype,
+            shape: t.shape.clone(),
+            data,
+        })
     }
 }
 
@@ -281,12 +348,28 @@ fn is_contiguous(shape: &[usize], stride: &[usize]) -> bool {
 }
 
 /// Checks that a tensor's elements lie inside its storage (checked arithmetic).
-fn check_extent(path: &Path, name: &str, t: &TensorRef, storages: &HashMap<String, (usize, usize)>) -> Result<()> {
-    let bad = |message: String| Error::Pickle { file: path.into(), entry: name.into(), message };
-    let (a, b) = storages.get(&t.storage.key).ok_or_else(|| bad(format!("storage {:?} is not in the archive", t.storage.key)))?;
+fn check_extent(
+    path: &Path,
+    name: &str,
+    t: &TensorRef,
+    storages: &HashMap<String, (usize, usize)>,
+) -> Result<()> {
+    let bad = |message: String| Error::Pickle {
+        file: path.into(),
+        entry: name.into(),
+        message,
+    };
+    let (a, b) = storages
+        .get(&t.storage.key)
+        .ok_or_else(|| bad(format!("storage {:?} is not in the archive", t.storage.key)))?;
     let es = t.storage.dtype.size();
     if (b - a) % es != 0 {
-        return Err(bad(format!("storage {:?} length {} is not a multiple of {}", t.storage.key, b - a, es)));
+        return Err(bad(format!(
+            "storage {:?} length {} is not a multiple of {}",
+            t.storage.key,
+            b - a,
+            es
+        )));
     }
     let storage_numel = (b - a) / es;
     if t.shape.contains(&0) {
@@ -294,20 +377,34 @@ fn check_extent(path: &Path, name: &str, t: &TensorRef, storages: &HashMap<Strin
     }
     let mut last = t.offset;
     for (&d, &s) in t.shape.iter().zip(&t.stride) {
-        let span = (d - 1).checked_mul(s).ok_or_else(|| bad("shape × stride overflows".into()))?;
-        last = last.checked_add(span).ok_or_else(|| bad("shape × stride overflows".into()))?;
+        let span = (d - 1)
+            .checked_mul(s)
+            .ok_or_else(|| bad("shape × stride overflows".into()))?;
+        last = last
+            .checked_add(span)
+            .ok_or_else(|| bad("shape × stride overflows".into()))?;
     }
     if last >= storage_numel {
-        return Err(bad(format!("tensor reaches element {last} of a storage with {storage_numel}")));
+        return Err(bad(format!(
+            "tensor reaches element {last} of a storage with {storage_numel}"
+        )));
     }
-    t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).and_then(|n| n.checked_mul(es)).ok_or_else(|| bad("size overflows".into()))?;
+    t.shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .and_then(|n| n.checked_mul(es))
+        .ok_or_else(|| bad("size overflows".into()))?;
     Ok(())
 }
 
 /// The tensors of the top dict (or of its `state_dict` entry); other values are skipped.
 fn collect_tensors(path: &Path, entry: &str, top: Value) -> Result<Vec<(String, TensorRef)>> {
     let Value::Dict(d) = top else {
-        return Err(Error::Pickle { file: path.into(), entry: entry.into(), message: "top-level object is not a dict".into() });
+        return Err(Error::Pickle {
+            file: path.into(),
+            entry: entry.into(),
+            message: "top-level object is not a dict".into(),
+        });
     };
     let d = d.borrow();
     let inner = d.iter().find_map(|(k, v)| match (k, v) {

@@ -77,9 +77,12 @@ impl DType {
         }
     }
 
-    /// Whether [`to_f32`] can convert this dtype (F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL).
+    /// Whether reads as `f32` (e.g. [`SafetensorsFile::tensor_f32`](crate::SafetensorsFile::tensor_f32)) can convert this dtype (F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL).
     pub fn converts_to_f32(self) -> bool {
-        !matches!(self, DType::F8E5M2 | DType::F8E4M3 | DType::U16 | DType::U32 | DType::U64)
+        !matches!(
+            self,
+            DType::F8E5M2 | DType::F8E4M3 | DType::U16 | DType::U32 | DType::U64
+        )
     }
 
     /// The safetensors crate's dtype.
@@ -235,7 +238,11 @@ pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) -> bool 
 
 /// 16-bit conversion in chunks: aligned input is cast in place, misaligned input is copied through
 /// a small aligned buffer so that the SIMD path of `half` is used either way.
-fn convert_halves<H: bytemuck::Pod>(bytes: &[u8], out: &mut [f32], conv: impl Fn(&[H], &mut [f32])) {
+fn convert_halves<H: bytemuck::Pod>(
+    bytes: &[u8],
+    out: &mut [f32],
+    conv: impl Fn(&[H], &mut [f32]),
+) {
     if let Ok(h) = bytemuck::try_cast_slice::<u8, H>(bytes) {
         // Chunked so each piece stays in cache while converted.
         const CHUNK: usize = 1 << 14;
@@ -318,9 +325,15 @@ mod tests {
 
     #[test]
     fn precision_parses_sd_scripts_spellings() {
-        assert_eq!("float".parse::<SavePrecision>().unwrap(), SavePrecision::Float);
+        assert_eq!(
+            "float".parse::<SavePrecision>().unwrap(),
+            SavePrecision::Float
+        );
         assert_eq!("fp16".parse::<SavePrecision>().unwrap().dtype(), DType::F16);
-        assert_eq!("bf16".parse::<SavePrecision>().unwrap().dtype(), DType::BF16);
+        assert_eq!(
+            "bf16".parse::<SavePrecision>().unwrap().dtype(),
+            DType::BF16
+        );
         assert!("fp32".parse::<SavePrecision>().is_err());
     }
 
@@ -331,7 +344,10 @@ mod tests {
         let mut theirs: Vec<_> = ours.iter().map(|d| d.to_safetensors()).collect();
         ours.sort();
         theirs.sort();
-        assert_eq!(ours.iter().map(|d| d.to_safetensors()).collect::<Vec<_>>(), theirs);
+        assert_eq!(
+            ours.iter().map(|d| d.to_safetensors()).collect::<Vec<_>>(),
+            theirs
+        );
         for d in ours {
             assert_eq!(d.as_str().parse::<DType>().unwrap(), d);
             assert_eq!(d.size() * 8, d.to_safetensors().bitsize());

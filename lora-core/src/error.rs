@@ -339,6 +339,9 @@ impl Error {
     }
 
     pub(crate) fn io(file: &Path, source: std::io::Error) -> Self {
-        Error::Io { file: file.to_path_buf(), source }
+        Error::Io {
+            file: file.to_path_buf(),
+            source,
+        }
     }
 }

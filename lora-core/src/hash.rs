@@ -65,7 +65,10 @@ fn legacy_of_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
 
 /// Both sshs hashes of the file that `tensors` and `metadata` serialize to, without building it:
 /// data in safetensors order, legacy window over the header built with only the `ss_*` keys.
-pub fn sshs_hashes(tensors: &[(String, TensorView<'_>)], metadata: &Metadata) -> Result<SshsHashes> {
+pub fn sshs_hashes(
+    tensors: &[(String, TensorView<'_>)],
+    metadata: &Metadata,
+) -> Result<SshsHashes> {
     let ordered = safetensors_order(tensors);
     let data: Vec<std::borrow::Cow<'_, [u8]>> = ordered.iter().map(|(_, t)| t.bytes()).collect();
     let mut h = Sha256::new();
@@ -75,7 +78,10 @@ pub fn sshs_hashes(tensors: &[(String, TensorView<'_>)], metadata: &Metadata) ->
     let model_hash = hex(&h.finalize());
     let header = header_json(tensors, &metadata.ss_only())?;
     let legacy_hash = legacy_with_header(header, data.iter().map(|d| d.as_ref()));
-    Ok(SshsHashes { model_hash, legacy_hash })
+    Ok(SshsHashes {
+        model_hash,
+        legacy_hash,
+    })
 }
 
 fn legacy_with_header<'a>(header: String, data: impl Iterator<Item = &'a [u8]>) -> String {
@@ -109,12 +115,22 @@ pub fn sshs_hashes_of_file(file: &SafetensorsFile) -> Result<SshsHashes> {
         })
         .collect();
     let ss = file.metadata().ss_only();
-    let meta = if ss.is_empty() { None } else { Some(ss.to_hash_map()) };
-    let bad = |e: String| Error::HeaderJson { file: file.path().into(), message: e };
+    let meta = if ss.is_empty() {
+        None
+    } else {
+        Some(ss.to_hash_map())
+    };
+    let bad = |e: String| Error::HeaderJson {
+        file: file.path().into(),
+        message: e,
+    };
     let m = safetensors::tensor::Metadata::new(meta, infos).map_err(|e| bad(e.to_string()))?;
     let header = serde_json::to_string(&m).map_err(|e| bad(e.to_string()))?;
     let legacy_hash = legacy_with_header(header, std::iter::once(data));
-    Ok(SshsHashes { model_hash, legacy_hash })
+    Ok(SshsHashes {
+        model_hash,
+        legacy_hash,
+    })
 }
 
 /// `model_hash` (train_util.py): sha256 of bytes `[0x100000, 0x110000)` of a file, first 8 hex
@@ -125,8 +141,11 @@ pub fn model_hash(path: impl AsRef<Path>) -> Result<String> {
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut buf = Vec::new();
     if len > LEGACY_WINDOW_START {
-        f.seek(SeekFrom::Start(LEGACY_WINDOW_START)).map_err(|e| Error::io(path, e))?;
-        f.take(LEGACY_WINDOW_LEN).read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+        f.seek(SeekFrom::Start(LEGACY_WINDOW_START))
+            .map_err(|e| Error::io(path, e))?;
+        f.take(LEGACY_WINDOW_LEN)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, e))?;
     }
     Ok(hex(&Sha256::digest(&buf))[..8].to_string())
 }
@@ -162,11 +181,20 @@ mod tests {
         let whole = sshs_legacy_hash(&img);
         let expect = hex(&Sha256::digest(&img[0x100000..0x110000]))[..8].to_string();
         assert_eq!(whole, expect);
-        for cut in [1usize, 0xfffff, 0x100000, 0x100001, 0x10ffff, 0x110000, 0x11ffff] {
-            assert_eq!(legacy_of_parts([&img[..cut], &img[cut..]]), whole, "cut {cut}");
+        for cut in [
+            1usize, 0xfffff, 0x100000, 0x100001, 0x10ffff, 0x110000, 0x11ffff,
+        ] {
+            assert_eq!(
+                legacy_of_parts([&img[..cut], &img[cut..]]),
+                whole,
+                "cut {cut}"
+            );
         }
         // Partial window.
         let short = &img[..0x100010];
-        assert_eq!(sshs_legacy_hash(short), hex(&Sha256::digest(&short[0x100000..]))[..8]);
+        assert_eq!(
+            sshs_legacy_hash(short),
+            hex(&Sha256::digest(&short[0x100000..]))[..8]
+        );
     }
 }

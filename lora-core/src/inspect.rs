@@ -42,11 +42,15 @@ pub struct HashCheck {
 impl HashCheck {
     /// Whether the stored model hash equals the data's (`None` when not stored).
     pub fn model_hash_matches(&self) -> Option<bool> {
-        self.stored_model_hash.as_ref().map(|h| *h == self.computed.model_hash)
+        self.stored_model_hash
+            .as_ref()
+            .map(|h| *h == self.computed.model_hash)
     }
     /// Whether the stored legacy hash equals the recomputed one (`None` when not stored).
     pub fn legacy_hash_matches(&self) -> Option<bool> {
-        self.stored_legacy_hash.as_ref().map(|h| *h == self.computed.legacy_hash)
+        self.stored_legacy_hash
+            .as_ref()
+            .map(|h| *h == self.computed.legacy_hash)
     }
 }
 
@@ -111,8 +115,11 @@ impl Report {
                        "rank": m.rank, "alpha": m.alpha})
             })
             .collect();
-        let metadata: serde_json::Map<String, Value> =
-            self.metadata.iter().map(|(k, v)| (k.to_string(), Value::from(v))).collect();
+        let metadata: serde_json::Map<String, Value> = self
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(v)))
+            .collect();
         let unknown = match &self.base_model {
             BaseModel::Unknown { unknown_keys } => unknown_keys.clone(),
             _ => vec![],
@@ -148,22 +155,44 @@ impl Report {
     /// Human-readable form.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "format: {:?}   dtypes: {}", self.format, self.dtypes.join(", "));
+        let _ = writeln!(
+            s,
+            "format: {:?}   dtypes: {}",
+            self.format,
+            self.dtypes.join(", ")
+        );
         let _ = writeln!(s, "base model: {}", self.base_model.label());
         if let BaseModel::Unknown { unknown_keys } = &self.base_model {
             for k in unknown_keys.iter().take(20) {
                 let _ = writeln!(s, "  unknown: {k}");
             }
         }
-        let _ = writeln!(s, "modules: {} (ranks {:?})", self.modules.len(), self.rank_set());
-        let _ = writeln!(s, "{:<90} {:<8} {:>6} {:>6} {:>5} {:>8}", "name", "kind", "in", "out", "rank", "alpha");
+        let _ = writeln!(
+            s,
+            "modules: {} (ranks {:?})",
+            self.modules.len(),
+            self.rank_set()
+        );
+        let _ = writeln!(
+            s,
+            "{:<90} {:<8} {:>6} {:>6} {:>5} {:>8}",
+            "name", "kind", "in", "out", "rank", "alpha"
+        );
         for m in &self.modules {
             let alpha = m.alpha.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-            let _ = writeln!(s, "{:<90} {:<8} {:>6} {:>6} {:>5} {:>8}", m.name, m.kind, m.in_features, m.out_features, m.rank, alpha);
+            let _ = writeln!(
+                s,
+                "{:<90} {:<8} {:>6} {:>6} {:>5} {:>8}",
+                m.name, m.kind, m.in_features, m.out_features, m.rank, alpha
+            );
         }
         let _ = writeln!(s, "metadata: {} keys", self.metadata.len());
         for (k, v) in self.metadata.iter() {
-            let v: String = if v.chars().count() > 120 { format!("{}…", v.chars().take(120).collect::<String>()) } else { v.to_string() };
+            let v: String = if v.chars().count() > 120 {
+                format!("{}…", v.chars().take(120).collect::<String>())
+            } else {
+                v.to_string()
+            };
             let _ = writeln!(s, "  {k} = {v}");
         }
         let verdict = |m: Option<bool>| match m {

@@ -44,10 +44,10 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
-pub mod inspect;
 mod dtype;
 mod error;
 pub mod hash;
+pub mod inspect;
 mod lora;
 mod metadata;
 pub mod names;
@@ -60,7 +60,9 @@ pub use checkpoint::{Checkpoint, RawTensor};
 pub use dtype::{DType, SavePrecision};
 pub use error::{Error, Result};
 pub use hash::{model_hash, sha256_file, sshs_legacy_hash, sshs_model_hash, SshsHashes};
-pub use lora::{detect_format, AlphaDtype, LoraFile, LoraFormat, LoraModule, ModuleKind, SaveOptions};
+pub use lora::{
+    detect_format, AlphaDtype, LoraFile, LoraFormat, LoraModule, ModuleKind, SaveOptions,
+};
 pub use metadata::{py_float_repr, py_json_dumps, Metadata, PyValue};
 pub use names::BaseModel;
 pub use read::{SafetensorsFile, TensorInfo, MAX_HEADER_LEN};

@@ -49,8 +49,18 @@ pub struct LoraModule {
 
 impl LoraModule {
     /// A module with its shapes checked (ranks agree, dims 2 or 4, up 4-D is `[out, r, 1, 1]`).
-    pub fn new(name: impl Into<String>, down: ArrayD<f32>, up: ArrayD<f32>, alpha: Option<f32>) -> Result<Self> {
-        let m = LoraModule { name: name.into(), down, up, alpha };
+    pub fn new(
+        name: impl Into<String>,
+        down: ArrayD<f32>,
+        up: ArrayD<f32>,
+        alpha: Option<f32>,
+    ) -> Result<Self> {
+        let m = LoraModule {
+            name: name.into(),
+            down,
+            up,
+            alpha,
+        };
         m.validate(Path::new("<memory>"))?;
         Ok(m)
     }
@@ -64,13 +74,25 @@ impl LoraModule {
             message: msg.into(),
         };
         if !(d.len() == 2 || d.len() == 4) {
-            return Err(bad("lora_down.weight", d, "lora_down must be 2-D [r, in] or 4-D [r, in, kh, kw]"));
+            return Err(bad(
+                "lora_down.weight",
+                d,
+                "lora_down must be 2-D [r, in] or 4-D [r, in, kh, kw]",
+            ));
         }
         if u.len() != d.len() {
-            return Err(bad("lora_up.weight", u, "lora_up must have as many dimensions as lora_down"));
+            return Err(bad(
+                "lora_up.weight",
+                u,
+                "lora_up must have as many dimensions as lora_down",
+            ));
         }
         if u.len() == 4 && (u[2] != 1 || u[3] != 1) {
-            return Err(bad("lora_up.weight", u, "a conv lora_up must be [out, r, 1, 1]"));
+            return Err(bad(
+                "lora_up.weight",
+                u,
+                "a conv lora_up must be [out, r, 1, 1]",
+            ));
         }
         if d.iter().chain(u).any(|&x| x == 0) {
             return Err(bad("lora_down.weight", d, "empty dimension"));
@@ -118,7 +140,9 @@ impl LoraModule {
     pub fn kind(&self) -> ModuleKind {
         let d = self.down.shape();
         if d.len() == 4 {
-            ModuleKind::Conv { kernel: [d[2], d[3]] }
+            ModuleKind::Conv {
+                kernel: [d[2], d[3]],
+            }
         } else {
             ModuleKind::Linear
         }
@@ -138,7 +162,9 @@ impl LoraModule {
     pub fn weight_shape(&self) -> Vec<usize> {
         match self.kind() {
             ModuleKind::Linear => vec![self.out_features(), self.in_features()],
-            ModuleKind::Conv { kernel: [h, w] } => vec![self.out_features(), self.in_features(), h, w],
+            ModuleKind::Conv { kernel: [h, w] } => {
+                vec![self.out_features(), self.in_features(), h, w]
+            }
         }
     }
 
@@ -149,8 +175,14 @@ impl LoraModule {
         let inn = self.down.len() / r;
         let u = self.up.as_standard_layout();
         let d = self.down.as_standard_layout();
-        let u = u.view().into_shape_with_order((out, r)).expect("validated shape");
-        let d = d.view().into_shape_with_order((r, inn)).expect("validated shape");
+        let u = u
+            .view()
+            .into_shape_with_order((out, r))
+            .expect("validated shape");
+        let d = d
+            .view()
+            .into_shape_with_order((r, inn))
+            .expect("validated shape");
         u.dot(&d)
     }
 
@@ -160,7 +192,9 @@ impl LoraModule {
         let s = self.scale();
         let mut p = self.product_2d();
         p.mapv_inplace(|x| (multiplier * x) * s);
-        p.into_dyn().into_shape_with_order(IxDyn(&self.weight_shape())).expect("sizes agree")
+        p.into_dyn()
+            .into_shape_with_order(IxDyn(&self.weight_shape()))
+            .expect("sizes agree")
     }
 }
 
@@ -189,7 +223,11 @@ pub struct SaveOptions {
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        SaveOptions { alpha_dtype: AlphaDtype::SameAsWeights, clamp: false, hashes: true }
+        SaveOptions {
+            alpha_dtype: AlphaDtype::SameAsWeights,
+            clamp: false,
+            hashes: true,
+        }
     }
 }
 
@@ -238,23 +276,38 @@ impl LoraFile {
 
     /// The module named `name`.
     pub fn module(&self, name: &str) -> Option<&LoraModule> {
-        self.modules.binary_search_by(|m| m.name.as_str().cmp(name)).ok().map(|i| &self.modules[i])
+        self.modules
+            .binary_search_by(|m| m.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.modules[i])
     }
 
     /// Base model guessed from module names and shapes (SD1 / SD2 / SDXL / unknown).
     pub fn base_model(&self) -> BaseModel {
-        detect_base_model(self.modules.iter().map(|m| (m.name.as_str(), m.kind(), m.in_features(), m.out_features())))
+        detect_base_model(
+            self.modules
+                .iter()
+                .map(|m| (m.name.as_str(), m.kind(), m.in_features(), m.out_features())),
+        )
     }
 
     /// The tensors as sd-scripts writes them (§1.3): `{name}.alpha`, `{name}.lora_down.weight`,
     /// `{name}.lora_up.weight`, converted to their final bytes. `path` names the output in errors.
-    pub fn to_tensors(&self, path: &Path, precision: SavePrecision, opts: &SaveOptions) -> Result<Vec<(String, TensorView<'static>)>> {
+    pub fn to_tensors(
+        &self,
+        path: &Path,
+        precision: SavePrecision,
+        opts: &SaveOptions,
+    ) -> Result<Vec<(String, TensorView<'static>)>> {
         let wdtype = precision.dtype();
         let mut out = Vec::with_capacity(self.modules.len() * 3);
         let mut seen = std::collections::HashSet::new();
         for m in &self.modules {
             if !seen.insert(m.name.as_str()) {
-                return Err(Error::DuplicateTensor { file: path.into(), tensor: m.name.clone() });
+                return Err(Error::DuplicateTensor {
+                    file: path.into(),
+                    tensor: m.name.clone(),
+                });
             }
             m.validate(path)?;
             if let Some(a) = m.alpha {
@@ -265,7 +318,9 @@ impl LoraFile {
                             return Err(Error::BadValue {
                                 file: path.into(),
                                 tensor: name,
-                                message: format!("alpha {a} is not an integer and cannot be stored as I64"),
+                                message: format!(
+                                    "alpha {a} is not an integer and cannot be stored as I64"
+                                ),
                             });
                         }
                         TensorView::scalar_i64(a as i64)
@@ -275,9 +330,17 @@ impl LoraFile {
                 };
                 push_checked(&mut out, path, name, view)?;
             }
-            let d = TensorView::from_f32_owned(m.down.as_standard_layout().into_owned(), wdtype, opts.clamp)?;
+            let d = TensorView::from_f32_owned(
+                m.down.as_standard_layout().into_owned(),
+                wdtype,
+                opts.clamp,
+            )?;
             push_checked(&mut out, path, format!("{}.lora_down.weight", m.name), d)?;
-            let u = TensorView::from_f32_owned(m.up.as_standard_layout().into_owned(), wdtype, opts.clamp)?;
+            let u = TensorView::from_f32_owned(
+                m.up.as_standard_layout().into_owned(),
+                wdtype,
+                opts.clamp,
+            )?;
             push_checked(&mut out, path, format!("{}.lora_up.weight", m.name), u)?;
         }
         Ok(out)
@@ -287,7 +350,12 @@ impl LoraFile {
     /// `opts.alpha_dtype`), atomically, with `sshs_model_hash` / `sshs_legacy_hash` computed on the
     /// bytes written and stored in the metadata (unless `opts.hashes` is off). The written data is
     /// re-hashed from disk and compared before the file is put in place. Returns the hashes.
-    pub fn save(&self, path: impl AsRef<Path>, precision: SavePrecision, opts: &SaveOptions) -> Result<SshsHashes> {
+    pub fn save(
+        &self,
+        path: impl AsRef<Path>,
+        precision: SavePrecision,
+        opts: &SaveOptions,
+    ) -> Result<SshsHashes> {
         let path = path.as_ref();
         let tensors = self.to_tensors(path, precision, opts)?;
         let mut meta = self.metadata.clone();
@@ -302,7 +370,12 @@ impl LoraFile {
 
     /// Writes the LoRA in diffusers/PEFT naming (`unet.…lora_A.weight` / `lora_B.weight`, alphas in
     /// the `lora_adapter_metadata` header entry), losslessly readable by [`load`](Self::load).
-    pub fn save_peft(&self, path: impl AsRef<Path>, precision: SavePrecision, opts: &SaveOptions) -> Result<()> {
+    pub fn save_peft(
+        &self,
+        path: impl AsRef<Path>,
+        precision: SavePrecision,
+        opts: &SaveOptions,
+    ) -> Result<()> {
         let path = path.as_ref();
         let (tensors, meta) = peft::to_peft_tensors(self, path, precision, opts)?;
         write_safetensors(path, &tensors, &meta)
@@ -313,7 +386,12 @@ fn scalar_view(a: f32, dtype: DType, clamp: bool) -> Result<TensorView<'static>>
     TensorView::from_f32_owned(ArrayD::from_elem(IxDyn(&[]), a), dtype, clamp)
 }
 
-fn push_checked(out: &mut Vec<(String, TensorView<'static>)>, path: &Path, name: String, v: TensorView<'static>) -> Result<()> {
+fn push_checked(
+    out: &mut Vec<(String, TensorView<'static>)>,
+    path: &Path,
+    name: String,
+    v: TensorView<'static>,
+) -> Result<()> {
     v.check(path, &name)?;
     out.push((name, v.into_owned_bytes()));
     Ok(())
@@ -321,7 +399,12 @@ fn push_checked(out: &mut Vec<(String, TensorView<'static>)>, path: &Path, name:
 
 /// Writes, then re-reads the temporary file's data section and compares its sha256 with the hash
 /// that went into the metadata; only then renames into place.
-fn write_verified(path: &Path, tensors: &[(String, TensorView<'_>)], meta: &Metadata, model_hash: &str) -> Result<()> {
+fn write_verified(
+    path: &Path,
+    tensors: &[(String, TensorView<'_>)],
+    meta: &Metadata,
+    model_hash: &str,
+) -> Result<()> {
     let dir = crate::write::parent_dir(path);
     let tmp = tempfile::Builder::new()
         .prefix(".lora-core-")
@@ -346,7 +429,9 @@ fn write_verified(path: &Path, tensors: &[(String, TensorView<'_>)], meta: &Meta
 /// starts with `lora_` and ends in `.alpha`, PEFT otherwise.
 pub fn detect_format(f: &SafetensorsFile) -> LoraFormat {
     let kohya = f.tensors().any(|(n, _)| {
-        n.ends_with(".lora_down.weight") || n.ends_with(".lora_up.weight") || (n.starts_with("lora_") && n.ends_with(".alpha"))
+        n.ends_with(".lora_down.weight")
+            || n.ends_with(".lora_up.weight")
+            || (n.starts_with("lora_") && n.ends_with(".alpha"))
     });
     let peft = f.tensors().any(|(n, _)| peft::parse_peft_key(n).is_some());
     if peft && !kohya {
@@ -388,24 +473,44 @@ fn load_kohya(f: &SafetensorsFile) -> Result<LoraFile> {
         } else if let Some(m) = name.strip_suffix(".alpha") {
             parts.entry(m.into()).or_default().alpha = Some((name.into(), read_alpha(f, name)?));
         } else {
-            return Err(Error::UnexpectedTensor { file: path.into(), tensor: name.into() });
+            return Err(Error::UnexpectedTensor {
+                file: path.into(),
+                tensor: name.into(),
+            });
         }
     }
     let modules = assemble(path, parts)?;
-    Ok(LoraFile { modules, metadata: f.metadata().clone() })
+    Ok(LoraFile {
+        modules,
+        metadata: f.metadata().clone(),
+    })
 }
 
 pub(crate) fn assemble(path: &Path, parts: BTreeMap<String, Parts>) -> Result<Vec<LoraModule>> {
     let mut modules = Vec::with_capacity(parts.len());
     for (name, p) in parts {
-        let missing = |what: &str| Error::MissingTensor { file: PathBuf::from(path), module: name.clone(), missing: what.into() };
+        let missing = |what: &str| Error::MissingTensor {
+            file: PathBuf::from(path),
+            module: name.clone(),
+            missing: what.into(),
+        };
         let (_, down) = p.down.ok_or_else(|| missing("lora_down.weight"))?;
         let (_, up) = p.up.ok_or_else(|| missing("lora_up.weight"))?;
-        let m = LoraModule { name: name.clone(), down, up, alpha: p.alpha.map(|a| a.1) };
+        let m = LoraModule {
+            name: name.clone(),
+            down,
+            up,
+            alpha: p.alpha.map(|a| a.1),
+        };
         m.validate(path)?;
         for (t, a) in [("lora_down.weight", &m.down), ("lora_up.weight", &m.up)] {
             if let Some((index, value)) = a.as_slice().and_then(first_non_finite) {
-                return Err(Error::NonFinite { file: path.into(), tensor: format!("{name}.{t}"), index, value });
+                return Err(Error::NonFinite {
+                    file: path.into(),
+                    tensor: format!("{name}.{t}"),
+                    index,
+                    value,
+                });
             }
         }
         modules.push(m);
@@ -464,13 +569,35 @@ mod tests {
 
     #[test]
     fn zero_alpha_means_rank() {
-        let m = LoraModule::new("m", Array::zeros(IxDyn(&[4, 2])), Array::zeros(IxDyn(&[2, 4])), Some(0.0)).unwrap();
+        let m = LoraModule::new(
+            "m",
+            Array::zeros(IxDyn(&[4, 2])),
+            Array::zeros(IxDyn(&[2, 4])),
+            Some(0.0),
+        )
+        .unwrap();
         assert_eq!(m.scale(), 1.0);
     }
 
     #[test]
     fn rank_mismatch_rejected() {
-        let e = LoraModule::new("m", Array::zeros(IxDyn(&[4, 2])), Array::zeros(IxDyn(&[2, 3])), None).unwrap_err();
-        assert!(matches!(e, Error::RankMismatch { down_rank: 4, up_rank: 3, .. }), "{e}");
+        let e = LoraModule::new(
+            "m",
+            Array::zeros(IxDyn(&[4, 2])),
+            Array::zeros(IxDyn(&[2, 3])),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::RankMismatch {
+                    down_rank: 4,
+                    up_rank: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -42,7 +42,11 @@ impl PyValue {
             PyValue::Int(i) => i.to_string(),
             PyValue::Float(f) if f.is_nan() => "NaN".into(),
             PyValue::Float(f) if f.is_infinite() => {
-                if *f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+                if *f > 0.0 {
+                    "Infinity".into()
+                } else {
+                    "-Infinity".into()
+                }
             }
             PyValue::Float(f) => py_float_repr(*f),
             PyValue::Str(s) => py_json_string(s),
@@ -52,8 +56,10 @@ impl PyValue {
 
 /// Python's `json.dumps(dict)` with default separators: `{"conv_dim": 4, "conv_alpha": 4}`.
 pub fn py_json_dumps(entries: &[(&str, PyValue)]) -> String {
-    let body: Vec<String> =
-        entries.iter().map(|(k, v)| format!("{}: {}", py_json_string(k), v.json())).collect();
+    let body: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("{}: {}", py_json_string(k), v.json()))
+        .collect();
     format!("{{{}}}", body.join(", "))
 }
 
@@ -93,7 +99,11 @@ pub fn py_float_repr(x: f64) -> String {
         return if x > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // Rust's `{:e}` gives the shortest round-trip digits: "d.ddde-5".
     let sci = format!("{:e}", x);
@@ -104,7 +114,11 @@ pub fn py_float_repr(x: f64) -> String {
     let sign = if neg { "-" } else { "" };
     if !(-4..16).contains(&exp) {
         let (first, rest) = digits.split_at(1);
-        let m = if rest.is_empty() { first.to_string() } else { format!("{first}.{rest}") };
+        let m = if rest.is_empty() {
+            first.to_string()
+        } else {
+            format!("{first}.{rest}")
+        };
         let esign = if exp < 0 { '-' } else { '+' };
         return format!("{sign}{m}e{esign}{:02}", exp.abs());
     }
@@ -149,7 +163,10 @@ impl Metadata {
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether `key` is present.
@@ -187,7 +204,12 @@ impl Metadata {
     /// Only the `ss_*` keys, which are what the sshs hashes cover (§1.5).
     pub fn ss_only(&self) -> Metadata {
         Metadata {
-            entries: self.entries.iter().filter(|(k, _)| k.starts_with("ss_")).cloned().collect(),
+            entries: self
+                .entries
+                .iter()
+                .filter(|(k, _)| k.starts_with("ss_"))
+                .cloned()
+                .collect(),
         }
     }
 
@@ -303,14 +325,20 @@ mod tests {
 
     #[test]
     fn python_json_dumps_spacing() {
-        let s = py_json_dumps(&[("conv_dim", PyValue::Int(4)), ("conv_alpha", PyValue::Int(4))]);
+        let s = py_json_dumps(&[
+            ("conv_dim", PyValue::Int(4)),
+            ("conv_alpha", PyValue::Int(4)),
+        ]);
         assert_eq!(s, r#"{"conv_dim": 4, "conv_alpha": 4}"#);
         let s = py_json_dumps(&[
             ("conv_dim", PyValue::Str("8".into())),
             ("conv_alpha", PyValue::Str("8.0".into())),
             ("dropout", PyValue::None),
         ]);
-        assert_eq!(s, r#"{"conv_dim": "8", "conv_alpha": "8.0", "dropout": null}"#);
+        assert_eq!(
+            s,
+            r#"{"conv_dim": "8", "conv_alpha": "8.0", "dropout": null}"#
+        );
         assert_eq!(PyValue::Str("é\"".into()).json(), r#""\u00e9\"""#);
     }
 
@@ -324,7 +352,13 @@ mod tests {
         let keys: Vec<_> = m.keys().collect();
         assert_eq!(
             keys,
-            ["ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_v2", "modelspec.title"]
+            [
+                "ss_network_module",
+                "ss_network_dim",
+                "ss_network_alpha",
+                "ss_v2",
+                "modelspec.title"
+            ]
         );
         assert_eq!(m.get("ss_network_dim"), Some("8"));
         assert_eq!(m.get("ss_network_alpha"), Some("32.0"));
@@ -335,9 +369,16 @@ mod tests {
 
     #[test]
     fn minimum_metadata_like_svd_merge() {
-        let args = [("conv_dim", PyValue::Int(5)), ("conv_alpha", PyValue::Int(5))];
-        let m = Metadata::minimum_network(None, Some("sd_v1"), "networks.lora", "4", "4", Some(&args));
-        assert_eq!(m.get("ss_network_args"), Some(r#"{"conv_dim": 5, "conv_alpha": 5}"#));
+        let args = [
+            ("conv_dim", PyValue::Int(5)),
+            ("conv_alpha", PyValue::Int(5)),
+        ];
+        let m =
+            Metadata::minimum_network(None, Some("sd_v1"), "networks.lora", "4", "4", Some(&args));
+        assert_eq!(
+            m.get("ss_network_args"),
+            Some(r#"{"conv_dim": 5, "conv_alpha": 5}"#)
+        );
         assert!(!m.contains_key("ss_v2"));
     }
 }

@@ -44,8 +44,14 @@ pub enum Table {
 
 impl Table {
     /// All tables.
-    pub const ALL: [Table; 6] =
-        [Table::Sd1, Table::Sd1Conv, Table::Sd2TrainConvProj, Table::Sd2ExtractLinearProj, Table::Sdxl, Table::SdxlConv];
+    pub const ALL: [Table; 6] = [
+        Table::Sd1,
+        Table::Sd1Conv,
+        Table::Sd2TrainConvProj,
+        Table::Sd2ExtractLinearProj,
+        Table::Sdxl,
+        Table::SdxlConv,
+    ];
 
     fn source(self) -> &'static str {
         match self {
@@ -61,7 +67,12 @@ impl Table {
     /// The rows, in creation order.
     pub fn entries(self) -> &'static [ModuleEntry] {
         static CACHE: OnceLock<HashMap<Table, Vec<ModuleEntry>>> = OnceLock::new();
-        let all = CACHE.get_or_init(|| Table::ALL.iter().map(|&t| (t, parse_table(t.source()))).collect());
+        let all = CACHE.get_or_init(|| {
+            Table::ALL
+                .iter()
+                .map(|&t| (t, parse_table(t.source())))
+                .collect()
+        });
         &all[&self]
     }
 
@@ -86,13 +97,18 @@ fn parse_table(src: &'static str) -> Vec<ModuleEntry> {
         .filter(|l| !l.trim().is_empty())
         .filter_map(|l| {
             let c: Vec<&'static str> = l.split('\t').collect();
-            let kind = match c.get(1)? {
-                &"linear" => ModuleKind::Linear,
-                &"conv1x1" => ModuleKind::Conv { kernel: [1, 1] },
-                &"conv3x3" => ModuleKind::Conv { kernel: [3, 3] },
+            let kind = match *c.get(1)? {
+                "linear" => ModuleKind::Linear,
+                "conv1x1" => ModuleKind::Conv { kernel: [1, 1] },
+                "conv3x3" => ModuleKind::Conv { kernel: [3, 3] },
                 _ => return None,
             };
-            Some(ModuleEntry { name: c[0], kind, in_features: c.get(2)?.parse().ok()?, out_features: c.get(3)?.parse().ok()? })
+            Some(ModuleEntry {
+                name: c[0],
+                kind,
+                in_features: c.get(2)?.parse().ok()?,
+                out_features: c.get(3)?.parse().ok()?,
+            })
         })
         .collect()
 }
@@ -139,14 +155,21 @@ impl BaseModel {
 /// every module with the same kind and sizes. When several do (e.g. a U-Net self-attention-only
 /// LoRA fits SD1 and SD2 alike), SD1 is preferred, then SD2. When none does, the model matching the
 /// most modules gives the list of unknown names.
-pub fn detect_base_model<'a>(modules: impl IntoIterator<Item = (&'a str, ModuleKind, usize, usize)>) -> BaseModel {
+pub fn detect_base_model<'a>(
+    modules: impl IntoIterator<Item = (&'a str, ModuleKind, usize, usize)>,
+) -> BaseModel {
     let modules: Vec<_> = modules.into_iter().collect();
     if modules.is_empty() {
-        return BaseModel::Unknown { unknown_keys: vec![] };
+        return BaseModel::Unknown {
+            unknown_keys: vec![],
+        };
     }
     let candidates: [(BaseModel, &[Table]); 3] = [
         (BaseModel::Sd1, &[Table::Sd1Conv]),
-        (BaseModel::Sd2, &[Table::Sd2TrainConvProj, Table::Sd2ExtractLinearProj]),
+        (
+            BaseModel::Sd2,
+            &[Table::Sd2TrainConvProj, Table::Sd2ExtractLinearProj],
+        ),
         (BaseModel::Sdxl, &[Table::SdxlConv]),
     ];
     let mut best: Option<Vec<String>> = None;
@@ -155,7 +178,10 @@ pub fn detect_base_model<'a>(modules: impl IntoIterator<Item = (&'a str, ModuleK
         let unknown: Vec<String> = modules
             .iter()
             .filter(|(n, k, i, o)| {
-                !index.get(n).is_some_and(|es| es.iter().any(|e| e.kind == *k && e.in_features == *i && e.out_features == *o))
+                !index.get(n).is_some_and(|es| {
+                    es.iter()
+                        .any(|e| e.kind == *k && e.in_features == *i && e.out_features == *o)
+                })
             })
             .map(|(n, ..)| n.to_string())
             .collect();
@@ -166,7 +192,9 @@ pub fn detect_base_model<'a>(modules: impl IntoIterator<Item = (&'a str, ModuleK
             best = Some(unknown);
         }
     }
-    BaseModel::Unknown { unknown_keys: best.unwrap_or_default() }
+    BaseModel::Unknown {
+        unknown_keys: best.unwrap_or_default(),
+    }
 }
 
 fn lookup(tables: &[Table]) -> HashMap<&'static str, Vec<&'static ModuleEntry>> {
@@ -187,12 +215,20 @@ pub fn detect_checkpoint_base_model<'a>(keys: impl IntoIterator<Item = &'a str>)
     let keys: Vec<&str> = keys.into_iter().collect();
     if keys.iter().any(|k| k.starts_with("conditioner.embedders.")) {
         BaseModel::Sdxl
-    } else if keys.iter().any(|k| k.starts_with("cond_stage_model.model.")) {
+    } else if keys
+        .iter()
+        .any(|k| k.starts_with("cond_stage_model.model."))
+    {
         BaseModel::Sd2
-    } else if keys.iter().any(|k| k.starts_with("cond_stage_model.transformer.")) {
+    } else if keys
+        .iter()
+        .any(|k| k.starts_with("cond_stage_model.transformer."))
+    {
         BaseModel::Sd1
     } else {
-        BaseModel::Unknown { unknown_keys: keys.iter().take(20).map(|s| s.to_string()).collect() }
+        BaseModel::Unknown {
+            unknown_keys: keys.iter().take(20).map(|s| s.to_string()).collect(),
+        }
     }
 }
 
@@ -266,9 +302,14 @@ const COMPOUNDS: &[&[&str]] = &[
 /// `lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0` →
 /// (`Unet`, `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0`).
 pub fn kohya_to_module_path(name: &str) -> Option<(Component, String)> {
-    let (component, rest) = [Component::TextEncoder1, Component::TextEncoder2, Component::TextEncoder, Component::Unet]
-        .into_iter()
-        .find_map(|c| name.strip_prefix(c.kohya_prefix()).map(|r| (c, r)))?;
+    let (component, rest) = [
+        Component::TextEncoder1,
+        Component::TextEncoder2,
+        Component::TextEncoder,
+        Component::Unet,
+    ]
+    .into_iter()
+    .find_map(|c| name.strip_prefix(c.kohya_prefix()).map(|r| (c, r)))?;
     if rest.is_empty() {
         return None;
     }
@@ -307,7 +348,11 @@ pub struct LdmTarget {
 }
 
 fn unet_map(table: &'static str) -> HashMap<&'static str, &'static str> {
-    table.lines().skip(1).filter_map(|l| l.split_once('\t')).collect()
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once('\t'))
+        .collect()
 }
 
 fn sd1_unet_map() -> &'static HashMap<&'static str, &'static str> {
@@ -336,28 +381,40 @@ fn openclip_target(prefix: &str, path: &str, width: usize) -> Option<LdmTarget> 
         "mlp.fc2" => ("mlp.c_proj.weight", None),
         _ => return None,
     };
-    Some(LdmTarget { key: format!("{base}{suffix}"), rows })
+    Some(LdmTarget {
+        key: format!("{base}{suffix}"),
+        rows,
+    })
 }
 
 /// The LDM checkpoint key(s) of a LoRA module for `base`, in order of preference. For the SD1
 /// text encoder there are two: with `text_model.` and without it (older checkpoints, §8.1). Empty
 /// when the name does not belong to that model.
 pub fn ldm_targets(lora_name: &str, base: &BaseModel) -> Vec<LdmTarget> {
-    let Some((component, path)) = kohya_to_module_path(lora_name) else { return vec![] };
+    let Some((component, path)) = kohya_to_module_path(lora_name) else {
+        return vec![];
+    };
     let plain = |key: String| LdmTarget { key, rows: None };
     match (base, component) {
-        (BaseModel::Sd1 | BaseModel::Sd2, Component::Unet) => {
-            sd1_unet_map().get(lora_name).map(|k| vec![plain(k.to_string())]).unwrap_or_default()
-        }
+        (BaseModel::Sd1 | BaseModel::Sd2, Component::Unet) => sd1_unet_map()
+            .get(lora_name)
+            .map(|k| vec![plain(k.to_string())])
+            .unwrap_or_default(),
         (BaseModel::Sd1, Component::TextEncoder) => {
-            let Some(rest) = path.strip_prefix("text_model.") else { return vec![] };
+            let Some(rest) = path.strip_prefix("text_model.") else {
+                return vec![];
+            };
             vec![
-                plain(format!("cond_stage_model.transformer.text_model.{rest}.weight")),
+                plain(format!(
+                    "cond_stage_model.transformer.text_model.{rest}.weight"
+                )),
                 plain(format!("cond_stage_model.transformer.{rest}.weight")),
             ]
         }
         (BaseModel::Sd2, Component::TextEncoder) => {
-            openclip_target("cond_stage_model.model.", &path, 1024).into_iter().collect()
+            openclip_target("cond_stage_model.model.", &path, 1024)
+                .into_iter()
+                .collect()
         }
         (BaseModel::Sdxl, Component::Unet) => sdxl_unet_map()
             .get(lora_name)
@@ -366,19 +423,26 @@ pub fn ldm_targets(lora_name: &str, base: &BaseModel) -> Vec<LdmTarget> {
             .map(|k| vec![plain(k)])
             .unwrap_or_default(),
         (BaseModel::Sdxl, Component::TextEncoder1) => {
-            vec![plain(format!("conditioner.embedders.0.transformer.{path}.weight"))]
+            vec![plain(format!(
+                "conditioner.embedders.0.transformer.{path}.weight"
+            ))]
         }
         (BaseModel::Sdxl, Component::TextEncoder2) => {
-            openclip_target("conditioner.embedders.1.model.", &path, 1280).into_iter().collect()
+            openclip_target("conditioner.embedders.1.model.", &path, 1280)
+                .into_iter()
+                .collect()
         }
         _ => vec![],
     }
 }
 
+/// LoRA names (with row slices) per checkpoint key.
+type ReverseMap = HashMap<String, Vec<(String, Option<Range<usize>>)>>;
+
 /// The inverse of [`ldm_targets`] over the module tables of `base`: which LoRA module names (with
 /// row slices) patch checkpoint key `key`. `in_proj_weight` gives three (q, k, v).
 pub fn lora_names_for_ldm_key(key: &str, base: &BaseModel) -> Vec<(String, Option<Range<usize>>)> {
-    static REV: OnceLock<HashMap<&'static str, HashMap<String, Vec<(String, Option<Range<usize>>)>>>> = OnceLock::new();
+    static REV: OnceLock<HashMap<&'static str, ReverseMap>> = OnceLock::new();
     let rev = REV.get_or_init(|| {
         let mut all = HashMap::new();
         for (label, base, tables) in [
@@ -386,11 +450,13 @@ pub fn lora_names_for_ldm_key(key: &str, base: &BaseModel) -> Vec<(String, Optio
             ("sd2", BaseModel::Sd2, &[Table::Sd2TrainConvProj][..]),
             ("sdxl", BaseModel::Sdxl, &[Table::SdxlConv][..]),
         ] {
-            let mut m: HashMap<String, Vec<(String, Option<Range<usize>>)>> = HashMap::new();
+            let mut m: ReverseMap = HashMap::new();
             for t in tables {
                 for e in t.entries() {
                     for target in ldm_targets(e.name, &base) {
-                        m.entry(target.key).or_default().push((e.name.to_string(), target.rows));
+                        m.entry(target.key)
+                            .or_default()
+                            .push((e.name.to_string(), target.rows));
                     }
                 }
             }
@@ -398,7 +464,10 @@ pub fn lora_names_for_ldm_key(key: &str, base: &BaseModel) -> Vec<(String, Optio
         }
         all
     });
-    rev.get(base.label()).and_then(|m| m.get(key)).cloned().unwrap_or_default()
+    rev.get(base.label())
+        .and_then(|m| m.get(key))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Rewrites an SD1 text-encoder key that lacks `text_model.` the way
@@ -419,7 +488,8 @@ mod tests {
 
     #[test]
     fn table_counts_match_spec() {
-        let count = |t: Table, p: &str| t.entries().iter().filter(|e| e.name.starts_with(p)).count();
+        let count =
+            |t: Table, p: &str| t.entries().iter().filter(|e| e.name.starts_with(p)).count();
         assert_eq!(Table::Sd1.entries().len(), 264);
         assert_eq!(count(Table::Sd1, "lora_te_"), 72);
         assert_eq!(count(Table::Sd1Conv, "lora_unet_"), 278);
@@ -453,60 +523,136 @@ mod tests {
 
     #[test]
     fn split_examples() {
-        let (c, p) = kohya_to_module_path("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0").unwrap();
+        let (c, p) = kohya_to_module_path(
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0",
+        )
+        .unwrap();
         assert_eq!(c, Component::Unet);
-        assert_eq!(p, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0");
-        let (c, p) = kohya_to_module_path("lora_te_text_model_encoder_layers_11_self_attn_out_proj").unwrap();
+        assert_eq!(
+            p,
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0"
+        );
+        let (c, p) =
+            kohya_to_module_path("lora_te_text_model_encoder_layers_11_self_attn_out_proj")
+                .unwrap();
         assert_eq!(c, Component::TextEncoder);
         assert_eq!(p, "text_model.encoder.layers.11.self_attn.out_proj");
         let (_, p) = kohya_to_module_path("lora_unet_up_blocks_1_resnets_2_time_emb_proj").unwrap();
         assert_eq!(p, "up_blocks.1.resnets.2.time_emb_proj");
-        let (_, p) = kohya_to_module_path("lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj").unwrap();
-        assert_eq!(p, "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj");
+        let (_, p) = kohya_to_module_path(
+            "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj",
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj"
+        );
         let (c, _) = kohya_to_module_path("lora_te2_text_model_encoder_layers_31_mlp_fc1").unwrap();
         assert_eq!(c, Component::TextEncoder2);
     }
 
     #[test]
     fn ldm_mapping_rules() {
-        let t = ldm_targets("lora_unet_down_blocks_1_attentions_1_proj_in", &BaseModel::Sd1);
-        assert_eq!(t[0].key, "model.diffusion_model.input_blocks.5.1.proj_in.weight");
-        let t = ldm_targets("lora_te_text_model_encoder_layers_3_mlp_fc2", &BaseModel::Sd1);
-        assert_eq!(t[0].key, "cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc2.weight");
-        assert_eq!(t[1].key, "cond_stage_model.transformer.encoder.layers.3.mlp.fc2.weight");
-        let t = ldm_targets("lora_te_text_model_encoder_layers_22_self_attn_k_proj", &BaseModel::Sd2);
+        let t = ldm_targets(
+            "lora_unet_down_blocks_1_attentions_1_proj_in",
+            &BaseModel::Sd1,
+        );
+        assert_eq!(
+            t[0].key,
+            "model.diffusion_model.input_blocks.5.1.proj_in.weight"
+        );
+        let t = ldm_targets(
+            "lora_te_text_model_encoder_layers_3_mlp_fc2",
+            &BaseModel::Sd1,
+        );
+        assert_eq!(
+            t[0].key,
+            "cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc2.weight"
+        );
+        assert_eq!(
+            t[1].key,
+            "cond_stage_model.transformer.encoder.layers.3.mlp.fc2.weight"
+        );
+        let t = ldm_targets(
+            "lora_te_text_model_encoder_layers_22_self_attn_k_proj",
+            &BaseModel::Sd2,
+        );
         assert_eq!(
             t,
-            vec![LdmTarget { key: "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight".into(), rows: Some(1024..2048) }]
+            vec![LdmTarget {
+                key: "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight".into(),
+                rows: Some(1024..2048)
+            }]
         );
-        let t = ldm_targets("lora_te2_text_model_encoder_layers_0_self_attn_v_proj", &BaseModel::Sdxl);
+        let t = ldm_targets(
+            "lora_te2_text_model_encoder_layers_0_self_attn_v_proj",
+            &BaseModel::Sdxl,
+        );
         assert_eq!(t[0].rows, Some(2560..3840));
-        assert_eq!(t[0].key, "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight");
-        let t = ldm_targets("lora_te1_text_model_encoder_layers_0_mlp_fc1", &BaseModel::Sdxl);
-        assert_eq!(t[0].key, "conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight");
-        assert!(ldm_targets("lora_te1_text_model_encoder_layers_0_mlp_fc1", &BaseModel::Sd1).is_empty());
+        assert_eq!(
+            t[0].key,
+            "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+        );
+        let t = ldm_targets(
+            "lora_te1_text_model_encoder_layers_0_mlp_fc1",
+            &BaseModel::Sdxl,
+        );
+        assert_eq!(
+            t[0].key,
+            "conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
+        );
+        assert!(ldm_targets(
+            "lora_te1_text_model_encoder_layers_0_mlp_fc1",
+            &BaseModel::Sd1
+        )
+        .is_empty());
         // Every module of every table maps somewhere for its own model.
         for t in Table::ALL {
             for e in t.entries() {
-                assert!(!ldm_targets(e.name, &t.base_model()).is_empty(), "{}", e.name);
+                assert!(
+                    !ldm_targets(e.name, &t.base_model()).is_empty(),
+                    "{}",
+                    e.name
+                );
             }
         }
     }
 
     #[test]
     fn reverse_mapping() {
-        let v = lora_names_for_ldm_key("cond_stage_model.model.transformer.resblocks.5.attn.in_proj_weight", &BaseModel::Sd2);
+        let v = lora_names_for_ldm_key(
+            "cond_stage_model.model.transformer.resblocks.5.attn.in_proj_weight",
+            &BaseModel::Sd2,
+        );
         let mut names: Vec<_> = v.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
         names.sort_by_key(|(_, r)| r.as_ref().map(|r| r.start));
-        assert_eq!(names[0], ("lora_te_text_model_encoder_layers_5_self_attn_q_proj", Some(0..1024)));
+        assert_eq!(
+            names[0],
+            (
+                "lora_te_text_model_encoder_layers_5_self_attn_q_proj",
+                Some(0..1024)
+            )
+        );
         assert_eq!(names.len(), 3);
-        let v = lora_names_for_ldm_key("model.diffusion_model.output_blocks.2.1.conv.weight", &BaseModel::Sd1);
-        assert_eq!(v, vec![("lora_unet_up_blocks_0_upsamplers_0_conv".to_string(), None)]);
+        let v = lora_names_for_ldm_key(
+            "model.diffusion_model.output_blocks.2.1.conv.weight",
+            &BaseModel::Sd1,
+        );
+        assert_eq!(
+            v,
+            vec![("lora_unet_up_blocks_0_upsamplers_0_conv".to_string(), None)]
+        );
     }
 
     #[test]
     fn detection() {
-        let of = |t: Table| detect_base_model(t.entries().iter().map(|e| (e.name, e.kind, e.in_features, e.out_features)));
+        let of = |t: Table| {
+            detect_base_model(
+                t.entries()
+                    .iter()
+                    .map(|e| (e.name, e.kind, e.in_features, e.out_features)),
+            )
+        };
         assert_eq!(of(Table::Sd1), BaseModel::Sd1);
         assert_eq!(of(Table::Sd1Conv), BaseModel::Sd1);
         assert_eq!(of(Table::Sd2TrainConvProj), BaseModel::Sd2);
@@ -514,12 +660,27 @@ mod tests {
         assert_eq!(of(Table::Sdxl), BaseModel::Sdxl);
         assert_eq!(of(Table::SdxlConv), BaseModel::Sdxl);
         let odd = detect_base_model([
-            ("lora_te_text_model_encoder_layers_0_mlp_fc1", ModuleKind::Linear, 768, 3072),
+            (
+                "lora_te_text_model_encoder_layers_0_mlp_fc1",
+                ModuleKind::Linear,
+                768,
+                3072,
+            ),
             ("lora_unet_foo", ModuleKind::Linear, 3, 3),
         ]);
-        assert_eq!(odd, BaseModel::Unknown { unknown_keys: vec!["lora_unet_foo".into()] });
+        assert_eq!(
+            odd,
+            BaseModel::Unknown {
+                unknown_keys: vec!["lora_unet_foo".into()]
+            }
+        );
         // SD1 names with SD2 sizes are SD2.
-        let sd2 = detect_base_model([("lora_te_text_model_encoder_layers_0_mlp_fc1", ModuleKind::Linear, 1024, 4096)]);
+        let sd2 = detect_base_model([(
+            "lora_te_text_model_encoder_layers_0_mlp_fc1",
+            ModuleKind::Linear,
+            1024,
+            4096,
+        )]);
         assert_eq!(sd2, BaseModel::Sd2);
     }
 

@@ -64,10 +64,17 @@ const SUFFIXES: &[(&str, Part)] = &[
 
 /// Splits a PEFT/diffusers tensor name; `None` when it is not one.
 pub fn parse_peft_key(key: &str) -> Option<PeftKey> {
-    let (prefix, rest) = ["text_encoder_2.", "text_encoder.", "unet.", "base_model.model."]
-        .into_iter()
-        .find_map(|p| key.strip_prefix(p).map(|r| (p.trim_end_matches('.'), r)))?;
-    let (mut path, part) = SUFFIXES.iter().find_map(|(s, p)| rest.strip_suffix(s).map(|r| (r.to_string(), *p)))?;
+    let (prefix, rest) = [
+        "text_encoder_2.",
+        "text_encoder.",
+        "unet.",
+        "base_model.model.",
+    ]
+    .into_iter()
+    .find_map(|p| key.strip_prefix(p).map(|r| (p.trim_end_matches('.'), r)))?;
+    let (mut path, part) = SUFFIXES
+        .iter()
+        .find_map(|(s, p)| rest.strip_suffix(s).map(|r| (r.to_string(), *p)))?;
     if path.is_empty() {
         return None;
     }
@@ -79,11 +86,16 @@ pub fn parse_peft_key(key: &str) -> Option<PeftKey> {
     } else if key.contains("_lora.down.weight") || key.contains("_lora.up.weight") {
         return None;
     }
-    let is_te = prefix.starts_with("text_encoder") || (prefix == "base_model.model" && looks_like_te(&path));
+    let is_te = prefix.starts_with("text_encoder")
+        || (prefix == "base_model.model" && looks_like_te(&path));
     if is_te && !path.starts_with("text_model.") {
         path = format!("text_model.{path}");
     }
-    Some(PeftKey { prefix: prefix.to_string(), path, part })
+    Some(PeftKey {
+        prefix: prefix.to_string(),
+        path,
+        part,
+    })
 }
 
 fn looks_like_te(path: &str) -> bool {
@@ -97,9 +109,15 @@ pub fn adapter_config_beside(weights: &Path) -> Result<Option<(PathBuf, Value)>>
         return Ok(None);
     }
     let text = std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Json { file: cfg.clone(), message: e.to_string() })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+        file: cfg.clone(),
+        message: e.to_string(),
+    })?;
     if !v.is_object() {
-        return Err(Error::Json { file: cfg, message: "adapter_config.json is not a JSON object".into() });
+        return Err(Error::Json {
+            file: cfg,
+            message: "adapter_config.json is not a JSON object".into(),
+        });
     }
     Ok(Some((cfg, v)))
 }
@@ -114,12 +132,17 @@ struct AlphaSettings {
 impl AlphaSettings {
     fn from_object(o: &Map<String, Value>, prefix: Option<&str>) -> Self {
         let get = |k: &str| match prefix {
-            Some(p) => o.get(&format!("{p}.{k}")).or_else(|| o.get(p).and_then(|v| v.get(k))),
+            Some(p) => o
+                .get(&format!("{p}.{k}"))
+                .or_else(|| o.get(p).and_then(|v| v.get(k))),
             None => o.get(k),
         };
         AlphaSettings {
             lora_alpha: get("lora_alpha").and_then(Value::as_f64),
-            alpha_pattern: get("alpha_pattern").and_then(Value::as_object).cloned().unwrap_or_default(),
+            alpha_pattern: get("alpha_pattern")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -146,7 +169,10 @@ fn component_of(prefix: &str, path: &str, sdxl: bool) -> Component {
 }
 
 /// Loads a PEFT/diffusers LoRA as kohya modules. `config` is an `adapter_config.json` (path, JSON).
-pub(crate) fn load_peft(f: &SafetensorsFile, config: Option<&(PathBuf, Value)>) -> Result<LoraFile> {
+pub(crate) fn load_peft(
+    f: &SafetensorsFile,
+    config: Option<&(PathBuf, Value)>,
+) -> Result<LoraFile> {
     let path = f.path();
     let sdxl = f.tensors().any(|(n, _)| n.starts_with("text_encoder_2."));
     let header_settings: Option<Map<String, Value>> = match f.metadata().get(ADAPTER_METADATA_KEY) {
@@ -162,25 +188,38 @@ pub(crate) fn load_peft(f: &SafetensorsFile, config: Option<&(PathBuf, Value)>) 
         },
         None => None,
     };
-    let file_settings = config.and_then(|(_, v)| v.as_object()).map(|o| AlphaSettings::from_object(o, None));
+    let file_settings = config
+        .and_then(|(_, v)| v.as_object())
+        .map(|o| AlphaSettings::from_object(o, None));
 
     let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
     let mut paths: BTreeMap<String, (String, String)> = BTreeMap::new();
     for name in f.names() {
         let Some(k) = parse_peft_key(name) else {
-            return Err(Error::UnexpectedTensor { file: path.into(), tensor: name.into() });
+            return Err(Error::UnexpectedTensor {
+                file: path.into(),
+                tensor: name.into(),
+            });
         };
         let comp = component_of(&k.prefix, &k.path, sdxl);
         let kohya = module_path_to_kohya(comp, &k.path);
-        paths.entry(kohya.clone()).or_insert_with(|| (comp.diffusers_prefix().to_string(), k.path.clone()));
+        paths
+            .entry(kohya.clone())
+            .or_insert_with(|| (comp.diffusers_prefix().to_string(), k.path.clone()));
         let p = parts.entry(kohya).or_default();
         let slot_taken = match k.part {
             Part::Down => p.down.replace((name.into(), f.tensor_f32(name)?)).is_some(),
             Part::Up => p.up.replace((name.into(), f.tensor_f32(name)?)).is_some(),
-            Part::Alpha => p.alpha.replace((name.into(), read_alpha(f, name)?)).is_some(),
+            Part::Alpha => p
+                .alpha
+                .replace((name.into(), read_alpha(f, name)?))
+                .is_some(),
         };
         if slot_taken {
-            return Err(Error::DuplicateTensor { file: path.into(), tensor: name.into() });
+            return Err(Error::DuplicateTensor {
+                file: path.into(),
+                tensor: name.into(),
+            });
         }
     }
     // Alphas from the header or the side file where the tensors have none.
@@ -189,7 +228,9 @@ pub(crate) fn load_peft(f: &SafetensorsFile, config: Option<&(PathBuf, Value)>) 
             continue;
         }
         let (dprefix, mpath) = &paths[kohya];
-        let from_header = header_settings.as_ref().and_then(|o| AlphaSettings::from_object(o, Some(dprefix)).alpha_for(mpath));
+        let from_header = header_settings
+            .as_ref()
+            .and_then(|o| AlphaSettings::from_object(o, Some(dprefix)).alpha_for(mpath));
         let from_file = file_settings.as_ref().and_then(|s| s.alpha_for(mpath));
         if let Some(a) = from_header.or(from_file) {
             p.alpha = Some((format!("{kohya}.alpha"), a as f32));
@@ -213,7 +254,14 @@ pub fn to_peft_tensors(
     precision: SavePrecision,
     opts: &SaveOptions,
 ) -> Result<(Vec<(String, TensorView<'static>)>, Metadata)> {
-    let kohya = lora.to_tensors(path, precision, &SaveOptions { alpha_dtype: crate::lora::AlphaDtype::F32, ..opts.clone() })?;
+    let kohya = lora.to_tensors(
+        path,
+        precision,
+        &SaveOptions {
+            alpha_dtype: crate::lora::AlphaDtype::F32,
+            ..opts.clone()
+        },
+    )?;
     let mut by_comp: BTreeMap<&'static str, Vec<(String, usize, f32)>> = BTreeMap::new();
     let mut out = Vec::with_capacity(kohya.len());
     for (name, view) in kohya {
@@ -234,8 +282,14 @@ pub fn to_peft_tensors(
         })?;
         let dprefix = comp.diffusers_prefix();
         if part == "lora_A" {
-            let m = lora.module(module).ok_or_else(|| Error::TensorNotFound { file: path.into(), tensor: module.into() })?;
-            by_comp.entry(dprefix).or_default().push((mpath.clone(), m.rank(), m.alpha_or_rank()));
+            let m = lora.module(module).ok_or_else(|| Error::TensorNotFound {
+                file: path.into(),
+                tensor: module.into(),
+            })?;
+            by_comp
+                .entry(dprefix)
+                .or_default()
+                .push((mpath.clone(), m.rank(), m.alpha_or_rank()));
         }
         out.push((format!("{dprefix}.{mpath}.{part}.weight"), view));
     }
@@ -254,8 +308,14 @@ pub fn to_peft_tensors(
         }
         adapter.insert(format!("{dprefix}.r"), Value::from(r0));
         adapter.insert(format!("{dprefix}.lora_alpha"), Value::from(a0 as f64));
-        adapter.insert(format!("{dprefix}.rank_pattern"), Value::Object(rank_pattern));
-        adapter.insert(format!("{dprefix}.alpha_pattern"), Value::Object(alpha_pattern));
+        adapter.insert(
+            format!("{dprefix}.rank_pattern"),
+            Value::Object(rank_pattern),
+        );
+        adapter.insert(
+            format!("{dprefix}.alpha_pattern"),
+            Value::Object(alpha_pattern),
+        );
     }
     let mut meta = lora.metadata.clone();
     meta.insert("format", "pt");
@@ -269,16 +329,32 @@ mod tests {
 
     #[test]
     fn key_forms() {
-        let k = parse_peft_key("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight").unwrap();
+        let k = parse_peft_key(
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight",
+        )
+        .unwrap();
         assert_eq!((k.prefix.as_str(), k.part), ("unet", Part::Down));
-        assert_eq!(k.path, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q");
-        let k = parse_peft_key("text_encoder.encoder.layers.0.self_attn.q_proj.lora.up.weight").unwrap();
+        assert_eq!(
+            k.path,
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+        );
+        let k = parse_peft_key("text_encoder.encoder.layers.0.self_attn.q_proj.lora.up.weight")
+            .unwrap();
         assert_eq!(k.path, "text_model.encoder.layers.0.self_attn.q_proj");
         assert_eq!(k.part, Part::Up);
         let k = parse_peft_key("unet.mid_block.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.down.weight").unwrap();
-        assert_eq!(k.path, "mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0");
-        let k = parse_peft_key("base_model.model.up_blocks.1.attentions.0.proj_in.lora_B.default.weight").unwrap();
-        assert_eq!((k.path.as_str(), k.part), ("up_blocks.1.attentions.0.proj_in", Part::Up));
+        assert_eq!(
+            k.path,
+            "mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0"
+        );
+        let k = parse_peft_key(
+            "base_model.model.up_blocks.1.attentions.0.proj_in.lora_B.default.weight",
+        )
+        .unwrap();
+        assert_eq!(
+            (k.path.as_str(), k.part),
+            ("up_blocks.1.attentions.0.proj_in", Part::Up)
+        );
         assert!(parse_peft_key("lora_unet_x.lora_down.weight").is_none());
         assert!(parse_peft_key("unet.lora_A.weight").is_none());
     }
@@ -290,8 +366,17 @@ mod tests {
         )
         .unwrap();
         let u = AlphaSettings::from_object(&o, Some("unet"));
-        assert_eq!(u.alpha_for("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"), Some(2.5));
-        assert_eq!(u.alpha_for("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"), Some(8.0));
-        assert_eq!(AlphaSettings::from_object(&o, Some("text_encoder")).alpha_for("x"), Some(1.0));
+        assert_eq!(
+            u.alpha_for("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"),
+            Some(2.5)
+        );
+        assert_eq!(
+            u.alpha_for("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"),
+            Some(8.0)
+        );
+        assert_eq!(
+            AlphaSettings::from_object(&o, Some("text_encoder")).alpha_for("x"),
+            Some(1.0)
+        );
     }
 }

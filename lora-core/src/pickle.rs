@@ -87,14 +87,24 @@ fn lookup_global(module: &str, name: &str) -> R<Global> {
             "CharStorage" => DType::I8,
             "ByteStorage" => DType::U8,
             "BoolStorage" => DType::Bool,
-            _ => return Err(PickleError::Forbidden { module: module.into(), name: name.into() }),
+            _ => {
+                return Err(PickleError::Forbidden {
+                    module: module.into(),
+                    name: name.into(),
+                })
+            }
         }),
         // Inert classes seen in SD checkpoints: kept as opaque values, never called.
         ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint")
         | ("torch.torch_version", "TorchVersion")
         | ("numpy.core.multiarray", "scalar")
         | ("numpy", "dtype") => Global::Opaque,
-        _ => return Err(PickleError::Forbidden { module: module.into(), name: name.into() }),
+        _ => {
+            return Err(PickleError::Forbidden {
+                module: module.into(),
+                name: name.into(),
+            })
+        }
     })
 }
 
@@ -134,7 +144,9 @@ impl<'a> Machine<'a> {
     }
     fn line(&mut self) -> R<&'a str> {
         let rest = &self.data[self.pos..];
-        let Some(i) = rest.iter().position(|&b| b == b'\n') else { return bad("unterminated line") };
+        let Some(i) = rest.iter().position(|&b| b == b'\n') else {
+            return bad("unterminated line");
+        };
         self.pos += i + 1;
         std::str::from_utf8(&rest[..i]).or_else(|_| bad("non-UTF-8 global name"))
     }
@@ -158,7 +170,9 @@ impl<'a> Machine<'a> {
         }
     }
     fn pop_mark(&mut self) -> R<Vec<Value>> {
-        let Some(i) = self.stack.iter().rposition(|v| matches!(v, Value::Mark)) else { return bad("no MARK on the stack") };
+        let Some(i) = self.stack.iter().rposition(|v| matches!(v, Value::Mark)) else {
+            return bad("no MARK on the stack");
+        };
         let items = self.stack.split_off(i + 1);
         self.stack.pop();
         Ok(items)
@@ -189,7 +203,9 @@ impl<'a> Machine<'a> {
 }
 
 fn as_usize_vec(v: &Value, what: &str) -> R<Vec<usize>> {
-    let Value::Tuple(t) = v else { return bad(format!("{what} is not a tuple")) };
+    let Value::Tuple(t) = v else {
+        return bad(format!("{what} is not a tuple"));
+    };
     t.iter()
         .map(|x| match x {
             Value::Int(i) if *i >= 0 => Ok(*i as usize),
@@ -199,7 +215,9 @@ fn as_usize_vec(v: &Value, what: &str) -> R<Vec<usize>> {
 }
 
 fn call(f: Global, args: Value) -> R<Value> {
-    let Value::Tuple(args) = args else { return bad("REDUCE arguments are not a tuple") };
+    let Value::Tuple(args) = args else {
+        return bad("REDUCE arguments are not a tuple");
+    };
     match f {
         Global::OrderedDict => {
             if !args.is_empty() {
@@ -211,8 +229,12 @@ fn call(f: Global, args: Value) -> R<Value> {
             if args.len() < 4 {
                 return bad("_rebuild_tensor_v2 needs (storage, offset, size, stride, ...)");
             }
-            let Value::Storage(s) = &args[0] else { return bad("_rebuild_tensor_v2: first argument is not a storage") };
-            let Value::Int(off) = args[1] else { return bad("_rebuild_tensor_v2: offset is not an int") };
+            let Value::Storage(s) = &args[0] else {
+                return bad("_rebuild_tensor_v2: first argument is not a storage");
+            };
+            let Value::Int(off) = args[1] else {
+                return bad("_rebuild_tensor_v2: offset is not an int");
+            };
             if off < 0 {
                 return bad("_rebuild_tensor_v2: negative offset");
             }
@@ -221,7 +243,12 @@ fn call(f: Global, args: Value) -> R<Value> {
             if shape.len() != stride.len() {
                 return bad("_rebuild_tensor_v2: size and stride differ in length");
             }
-            Ok(Value::Tensor(Rc::new(TensorRef { storage: (**s).clone(), offset: off as usize, shape, stride })))
+            Ok(Value::Tensor(Rc::new(TensorRef {
+                storage: (**s).clone(),
+                offset: off as usize,
+                shape,
+                stride,
+            })))
         }
         Global::RebuildParameter => match args.first() {
             Some(t @ Value::Tensor(_)) => Ok(t.clone()),
@@ -233,7 +260,9 @@ fn call(f: Global, args: Value) -> R<Value> {
 }
 
 fn persistent_load(pid: Value) -> R<Value> {
-    let Value::Tuple(t) = pid else { return bad("persistent id is not a tuple") };
+    let Value::Tuple(t) = pid else {
+        return bad("persistent id is not a tuple");
+    };
     if t.len() < 3 {
         return bad("persistent id tuple too short");
     }
@@ -241,7 +270,9 @@ fn persistent_load(pid: Value) -> R<Value> {
         Value::Str(s) if &**s == "storage" => {}
         _ => return bad("persistent id is not a ('storage', ...) tuple"),
     }
-    let Value::Global(Global::Storage(dtype)) = t[1] else { return bad("persistent id names no storage type") };
+    let Value::Global(Global::Storage(dtype)) = t[1] else {
+        return bad("persistent id names no storage type");
+    };
     let key = match &t[2] {
         Value::Str(s) => s.to_string(),
         Value::Int(i) => i.to_string(),
@@ -252,7 +283,12 @@ fn persistent_load(pid: Value) -> R<Value> {
 
 /// Runs the pickle in `data` and returns its top value.
 pub(crate) fn load(data: &[u8]) -> R<Value> {
-    let mut m = Machine { data, pos: 0, stack: Vec::new(), memo: Vec::new() };
+    let mut m = Machine {
+        data,
+        pos: 0,
+        stack: Vec::new(),
+        memo: Vec::new(),
+    };
     loop {
         let at = m.pos;
         let op = m.u8()?;
@@ -323,13 +359,19 @@ pub(crate) fn load(data: &[u8]) -> R<Value> {
                 if n > 8 {
                     return bad("LONG1 integer wider than 64 bits");
                 }
-                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xff; 8] } else { [0; 8] };
+                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                    [0xff; 8]
+                } else {
+                    [0; 8]
+                };
                 buf[..n].copy_from_slice(b);
                 m.push(Value::Int(i64::from_le_bytes(buf)))?
             }
             b'G' => {
                 let b = m.take(8)?;
-                m.push(Value::Float(f64::from_be_bytes(b.try_into().unwrap_or([0; 8]))))?
+                m.push(Value::Float(f64::from_be_bytes(
+                    b.try_into().unwrap_or([0; 8]),
+                )))?
             }
             b'X' => {
                 let n = m.u32()? as usize;
@@ -420,20 +462,26 @@ pub(crate) fn load(data: &[u8]) -> R<Value> {
                 let name = m.pop()?;
                 let module = m.pop()?;
                 match (module, name) {
-                    (Value::Str(a), Value::Str(b)) => m.push(Value::Global(lookup_global(&a, &b)?))?,
+                    (Value::Str(a), Value::Str(b)) => {
+                        m.push(Value::Global(lookup_global(&a, &b)?))?
+                    }
                     _ => return bad("STACK_GLOBAL needs two strings"),
                 }
             }
             b'R' => {
                 let args = m.pop()?;
                 let f = m.pop()?;
-                let Value::Global(g) = f else { return bad("REDUCE on a value that is not an allowed global") };
+                let Value::Global(g) = f else {
+                    return bad("REDUCE on a value that is not an allowed global");
+                };
                 m.push(call(g, args)?)?
             }
             0x81 => {
                 let args = m.pop()?;
                 let cls = m.pop()?;
-                let Value::Global(g) = cls else { return bad("NEWOBJ on a value that is not an allowed global") };
+                let Value::Global(g) = cls else {
+                    return bad("NEWOBJ on a value that is not an allowed global");
+                };
                 m.push(call(g, args)?)?
             }
             b'b' => {
@@ -461,7 +509,13 @@ mod tests {
     fn forbidden_global_is_refused() {
         // GLOBAL 'os system', then REDUCE — the classic code-execution pickle.
         let p = b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
-        assert_eq!(load(p).unwrap_err(), PickleError::Forbidden { module: "os".into(), name: "system".into() });
+        assert_eq!(
+            load(p).unwrap_err(),
+            PickleError::Forbidden {
+                module: "os".into(),
+                name: "system".into()
+            }
+        );
         let p = b"\x80\x02cbuiltins\neval\n.";
         assert!(matches!(load(p), Err(PickleError::Forbidden { .. })));
     }
@@ -470,7 +524,9 @@ mod tests {
     fn dict_of_ints() {
         // pickle.dumps({'a': 1, 'b': 300}, protocol=2)
         let p = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01X\x01\x00\x00\x00bq\x02M,\x01u.";
-        let Value::Dict(d) = load(p).unwrap() else { panic!() };
+        let Value::Dict(d) = load(p).unwrap() else {
+            panic!()
+        };
         let d = d.borrow();
         assert_eq!(d.len(), 2);
         assert!(matches!(d[1].1, Value::Int(300)));
@@ -478,7 +534,10 @@ mod tests {
 
     #[test]
     fn truncated_and_unknown_opcode() {
-        assert!(matches!(load(b"\x80\x02}q"), Err(PickleError::Malformed(_))));
+        assert!(matches!(
+            load(b"\x80\x02}q"),
+            Err(PickleError::Malformed(_))
+        ));
         assert!(matches!(load(b"\x80\x02i"), Err(PickleError::Malformed(_))));
         assert!(matches!(load(b""), Err(PickleError::Malformed(_))));
     }

@@ -56,20 +56,37 @@ impl SafetensorsFile {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len == 0 {
             // mmap of an empty file fails on some systems; report it as truncated.
-            return Err(Error::Truncated { file: path.into(), len });
+            return Err(Error::Truncated {
+                file: path.into(),
+                len,
+            });
         }
         // SAFETY: the map is read-only. A file changed by another process while mapped is the one
         // risk of every mmap reader (the safetensors crate shares it); we never hand out references
         // that outlive `self`.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let (data_start, metadata, tensors) = parse(path, &mmap)?;
-        let index = tensors.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
-        Ok(Self { path: path.into(), mmap, data_start, metadata, tensors, index })
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        Ok(Self {
+            path: path.into(),
+            mmap,
+            data_start,
+            metadata,
+            tensors,
+            index,
+        })
     }
 
     /// Parses a file image already in memory (used by the fuzz targets and tests). `path` only
     /// names the source in errors.
-    pub fn check_bytes(path: impl AsRef<Path>, bytes: &[u8]) -> Result<(Metadata, Vec<(String, TensorInfo)>)> {
+    pub fn check_bytes(
+        path: impl AsRef<Path>,
+        bytes: &[u8],
+    ) -> Result<(Metadata, Vec<(String, TensorInfo)>)> {
         let (_, m, t) = parse(path.as_ref(), bytes)?;
         Ok((m, t))
     }
@@ -116,7 +133,10 @@ impl SafetensorsFile {
         self.index
             .get(name)
             .map(|&i| &self.tensors[i].1)
-            .ok_or_else(|| Error::TensorNotFound { file: self.path.clone(), tensor: name.into() })
+            .ok_or_else(|| Error::TensorNotFound {
+                file: self.path.clone(),
+                tensor: name.into(),
+            })
     }
 
     /// Dtype of `name`.
@@ -156,7 +176,12 @@ impl SafetensorsFile {
     pub fn tensor_f32(&self, name: &str) -> Result<ArrayD<f32>> {
         let a = self.tensor_f32_unchecked(name)?;
         if let Some((index, value)) = a.as_slice().and_then(first_non_finite) {
-            return Err(Error::NonFinite { file: self.path.clone(), tensor: name.into(), index, value });
+            return Err(Error::NonFinite {
+                file: self.path.clone(),
+                tensor: name.into(),
+                index,
+                value,
+            });
         }
         Ok(a)
     }
@@ -193,7 +218,10 @@ impl<'de> Deserialize<'de> for Entries {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Entries, A::Error> {
                 let mut v = Vec::new();
                 while let Some((k, val)) = map.next_entry::<String, serde_json::Value>()? {
                     v.push((k, val));
@@ -211,21 +239,35 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
     let file = || path.to_path_buf();
     let file_len = buf.len() as u64;
     if buf.len() < 8 {
-        return Err(Error::Truncated { file: file(), len: file_len });
+        return Err(Error::Truncated {
+            file: file(),
+            len: file_len,
+        });
     }
     let n = u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8]));
     if n > MAX_HEADER_LEN {
-        return Err(Error::HeaderTooLarge { file: file(), len: n, limit: MAX_HEADER_LEN });
+        return Err(Error::HeaderTooLarge {
+            file: file(),
+            len: n,
+            limit: MAX_HEADER_LEN,
+        });
     }
-    let end = 8u64.checked_add(n).filter(|&e| e <= file_len).ok_or(Error::HeaderPastEnd {
+    let end = 8u64
+        .checked_add(n)
+        .filter(|&e| e <= file_len)
+        .ok_or(Error::HeaderPastEnd {
+            file: file(),
+            header_len: n,
+            file_len,
+        })? as usize;
+    let header = std::str::from_utf8(&buf[8..end]).map_err(|e| Error::HeaderNotUtf8 {
         file: file(),
-        header_len: n,
-        file_len,
-    })? as usize;
-    let header = std::str::from_utf8(&buf[8..end])
-        .map_err(|e| Error::HeaderNotUtf8 { file: file(), position: e.valid_up_to() })?;
-    let entries: Entries = serde_json::from_str(header)
-        .map_err(|e| Error::HeaderJson { file: file(), message: e.to_string() })?;
+        position: e.valid_up_to(),
+    })?;
+    let entries: Entries = serde_json::from_str(header).map_err(|e| Error::HeaderJson {
+        file: file(),
+        message: e.to_string(),
+    })?;
     let data_len = buf.len() - end;
 
     let mut metadata = Metadata::new();
@@ -235,14 +277,20 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
     for (name, value) in entries.0 {
         if name == "__metadata__" {
             if seen_meta {
-                return Err(Error::DuplicateTensor { file: file(), tensor: name });
+                return Err(Error::DuplicateTensor {
+                    file: file(),
+                    tensor: name,
+                });
             }
             seen_meta = true;
             metadata = parse_metadata(path, value)?;
             continue;
         }
         if seen.insert(name.clone(), ()).is_some() {
-            return Err(Error::DuplicateTensor { file: file(), tensor: name });
+            return Err(Error::DuplicateTensor {
+                file: file(),
+                tensor: name,
+            });
         }
         let info = parse_entry(path, &name, value, data_len as u64)?;
         tensors.push((name, info));
@@ -257,7 +305,9 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             return Err(Error::BadLayout {
                 file: file(),
                 tensor: name.clone(),
-                message: format!("data [{a}, {b}) overlaps the previous tensor, which ends at {pos}"),
+                message: format!(
+                    "data [{a}, {b}) overlaps the previous tensor, which ends at {pos}"
+                ),
             });
         }
         if a > pos {
@@ -274,7 +324,10 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
         return Err(Error::BadLayout {
             file: file(),
             tensor: last,
-            message: format!("{} bytes after the last tensor belong to no tensor", data_len - pos),
+            message: format!(
+                "{} bytes after the last tensor belong to no tensor",
+                data_len - pos
+            ),
         });
     }
     Ok((end, metadata, tensors))
@@ -306,8 +359,17 @@ fn parse_metadata(path: &Path, value: serde_json::Value) -> Result<Metadata> {
     Ok(m)
 }
 
-fn parse_entry(path: &Path, name: &str, value: serde_json::Value, data_len: u64) -> Result<TensorInfo> {
-    let bad = |message: String| Error::BadTensorEntry { file: path.into(), tensor: name.into(), message };
+fn parse_entry(
+    path: &Path,
+    name: &str,
+    value: serde_json::Value,
+    data_len: u64,
+) -> Result<TensorInfo> {
+    let bad = |message: String| Error::BadTensorEntry {
+        file: path.into(),
+        tensor: name.into(),
+        message,
+    };
     let serde_json::Value::Object(obj) = value else {
         return Err(bad("entry is not a JSON object".into()));
     };
@@ -316,16 +378,24 @@ fn parse_entry(path: &Path, name: &str, value: serde_json::Value, data_len: u64)
             return Err(bad(format!("unknown field {k:?}")));
         }
     }
-    let dtype_str = obj.get("dtype").and_then(|v| v.as_str()).ok_or_else(|| bad("missing or non-string dtype".into()))?;
+    let dtype_str = obj
+        .get("dtype")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| bad("missing or non-string dtype".into()))?;
     let dtype: DType = dtype_str.parse().map_err(|_| Error::UnsupportedDtype {
         file: path.into(),
         tensor: name.into(),
         dtype: dtype_str.into(),
     })?;
-    let shape_v = obj.get("shape").and_then(|v| v.as_array()).ok_or_else(|| bad("missing or non-array shape".into()))?;
+    let shape_v = obj
+        .get("shape")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| bad("missing or non-array shape".into()))?;
     let mut shape = Vec::with_capacity(shape_v.len());
     for d in shape_v {
-        let d = d.as_u64().ok_or_else(|| bad(format!("shape entry {d} is not a non-negative integer")))?;
+        let d = d
+            .as_u64()
+            .ok_or_else(|| bad(format!("shape entry {d} is not a non-negative integer")))?;
         shape.push(usize::try_from(d).map_err(|_| bad(format!("dimension {d} too large")))?);
     }
     let offs = obj
@@ -333,10 +403,16 @@ fn parse_entry(path: &Path, name: &str, value: serde_json::Value, data_len: u64)
         .and_then(|v| v.as_array())
         .filter(|a| a.len() == 2)
         .ok_or_else(|| bad("data_offsets must be an array of two integers".into()))?;
-    let a = offs[0].as_u64().ok_or_else(|| bad("data_offsets[0] is not a non-negative integer".into()))?;
-    let b = offs[1].as_u64().ok_or_else(|| bad("data_offsets[1] is not a non-negative integer".into()))?;
+    let a = offs[0]
+        .as_u64()
+        .ok_or_else(|| bad("data_offsets[0] is not a non-negative integer".into()))?;
+    let b = offs[1]
+        .as_u64()
+        .ok_or_else(|| bad("data_offsets[1] is not a non-negative integer".into()))?;
     if b < a {
-        return Err(bad(format!("data_offsets [{a}, {b}] end before they start")));
+        return Err(bad(format!(
+            "data_offsets [{a}, {b}] end before they start"
+        )));
     }
     let numel = shape
         .iter()
@@ -346,7 +422,12 @@ fn parse_entry(path: &Path, name: &str, value: serde_json::Value, data_len: u64)
         .checked_mul(dtype.size() as u64)
         .ok_or_else(|| bad(format!("shape {shape:?} overflows the byte count")))?;
     if b > data_len {
-        return Err(Error::OffsetOutOfBounds { file: path.into(), tensor: name.into(), end: b, data_len });
+        return Err(Error::OffsetOutOfBounds {
+            file: path.into(),
+            tensor: name.into(),
+            end: b,
+            data_len,
+        });
     }
     if b - a != expected {
         return Err(Error::ByteLengthMismatch {
@@ -356,5 +437,9 @@ fn parse_entry(path: &Path, name: &str, value: serde_json::Value, data_len: u64)
             actual: b - a,
         });
     }
-    Ok(TensorInfo { dtype, shape, data_offsets: (a as usize, b as usize) })
+    Ok(TensorInfo {
+        dtype,
+        shape,
+        data_offsets: (a as usize, b as usize),
+    })
 }

@@ -24,13 +24,20 @@ pub struct TensorView<'a> {
 #[derive(Debug, Clone)]
 enum Source<'a> {
     Bytes(Cow<'a, [u8]>),
-    F32 { array: Cow<'a, ArrayD<f32>>, clamp: bool },
+    F32 {
+        array: Cow<'a, ArrayD<f32>>,
+        clamp: bool,
+    },
 }
 
 impl<'a> TensorView<'a> {
     /// Raw little-endian bytes (e.g. borrowed from a [`SafetensorsFile`](crate::SafetensorsFile) to
     /// copy a tensor through unchanged). Fails if the length does not match dtype and shape.
-    pub fn from_bytes(dtype: DType, shape: Vec<usize>, bytes: impl Into<Cow<'a, [u8]>>) -> Result<Self> {
+    pub fn from_bytes(
+        dtype: DType,
+        shape: Vec<usize>,
+        bytes: impl Into<Cow<'a, [u8]>>,
+    ) -> Result<Self> {
         let bytes = bytes.into();
         let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if numel.and_then(|n| n.checked_mul(dtype.size())) != Some(bytes.len()) {
@@ -39,7 +46,11 @@ impl<'a> TensorView<'a> {
                 bytes.len()
             )));
         }
-        Ok(Self { dtype, shape, source: Source::Bytes(bytes) })
+        Ok(Self {
+            dtype,
+            shape,
+            source: Source::Bytes(bytes),
+        })
     }
 
     /// An `f32` array written as `dtype` (F32, F16, BF16 or F64). Values beyond the dtype's range
@@ -56,14 +67,24 @@ impl<'a> TensorView<'a> {
 
     fn from_cow(array: Cow<'a, ArrayD<f32>>, dtype: DType, clamp: bool) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
-            return Err(Error::InvalidArgument(format!("cannot write f32 data as {dtype}")));
+            return Err(Error::InvalidArgument(format!(
+                "cannot write f32 data as {dtype}"
+            )));
         }
-        Ok(Self { dtype, shape: array.shape().to_vec(), source: Source::F32 { array, clamp } })
+        Ok(Self {
+            dtype,
+            shape: array.shape().to_vec(),
+            source: Source::F32 { array, clamp },
+        })
     }
 
     /// A 0-dim I64 scalar (svd_merge's alpha).
     pub fn scalar_i64(v: i64) -> TensorView<'static> {
-        TensorView { dtype: DType::I64, shape: vec![], source: Source::Bytes(Cow::Owned(v.to_le_bytes().to_vec())) }
+        TensorView {
+            dtype: DType::I64,
+            shape: vec![],
+            source: Source::Bytes(Cow::Owned(v.to_le_bytes().to_vec())),
+        }
     }
 
     /// The dtype written.
@@ -78,7 +99,9 @@ impl<'a> TensorView<'a> {
 
     /// Checks an `f32` source for NaN/inf and for overflow of the target dtype.
     pub(crate) fn check(&self, file: &Path, name: &str) -> Result<()> {
-        let Source::F32 { array, clamp } = &self.source else { return Ok(()) };
+        let Source::F32 { array, clamp } = &self.source else {
+            return Ok(());
+        };
         let std;
         let v: &[f32] = match array.as_slice() {
             Some(s) => s,
@@ -88,7 +111,12 @@ impl<'a> TensorView<'a> {
             }
         };
         if let Some((index, value)) = first_non_finite(v) {
-            return Err(Error::NonFinite { file: file.into(), tensor: name.into(), index, value });
+            return Err(Error::NonFinite {
+                file: file.into(),
+                tensor: name.into(),
+                index,
+                value,
+            });
         }
         if !clamp {
             if let Some(&value) = v.iter().find(|&&x| overflows(self.dtype, x)) {
@@ -121,7 +149,11 @@ impl<'a> TensorView<'a> {
     /// Converts to an owned view holding its final bytes (so they can be hashed and then written).
     pub fn into_owned_bytes(self) -> TensorView<'static> {
         let bytes = self.bytes().into_owned();
-        TensorView { dtype: self.dtype, shape: self.shape, source: Source::Bytes(Cow::Owned(bytes)) }
+        TensorView {
+            dtype: self.dtype,
+            shape: self.shape,
+            source: Source::Bytes(Cow::Owned(bytes)),
+        }
     }
 
     fn byte_len(&self) -> usize {
@@ -145,7 +177,9 @@ impl View for &TensorView<'_> {
 }
 
 /// Sorts tensors into the order safetensors writes them (§1.4): descending dtype, then name.
-pub fn safetensors_order<'v, 'a>(tensors: &'v [(String, TensorView<'a>)]) -> Vec<&'v (String, TensorView<'a>)> {
+pub fn safetensors_order<'v, 'a>(
+    tensors: &'v [(String, TensorView<'a>)],
+) -> Vec<&'v (String, TensorView<'a>)> {
     let mut v: Vec<_> = tensors.iter().collect();
     v.sort_by(|(ln, l), (rn, r)| r.dtype.cmp(&l.dtype).then(ln.cmp(rn)));
     v
@@ -169,7 +203,11 @@ pub fn header_json(tensors: &[(String, TensorView<'_>)], metadata: &Metadata) ->
             (n.clone(), info)
         })
         .collect();
-    let meta = if metadata.is_empty() { None } else { Some(metadata.to_hash_map()) };
+    let meta = if metadata.is_empty() {
+        None
+    } else {
+        Some(metadata.to_hash_map())
+    };
     let m = safetensors::tensor::Metadata::new(meta, infos)
         .map_err(|e| Error::InvalidArgument(format!("building header: {e}")))?;
     serde_json::to_string(&m).map_err(|e| Error::InvalidArgument(format!("building header: {e}")))
@@ -185,7 +223,9 @@ pub fn ensure_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
             _ => output == *i,
         };
         if same {
-            return Err(Error::OverwriteInput { file: output.into() });
+            return Err(Error::OverwriteInput {
+                file: output.into(),
+            });
         }
     }
     Ok(())
@@ -197,12 +237,19 @@ pub fn ensure_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
 ///
 /// Layout and order are the safetensors crate's (§1.4). `F32` sources are checked for NaN/inf and
 /// for overflow of their target dtype before anything is written.
-pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, TensorView<'_>)], metadata: &Metadata) -> Result<()> {
+pub fn write_safetensors(
+    path: impl AsRef<Path>,
+    tensors: &[(String, TensorView<'_>)],
+    metadata: &Metadata,
+) -> Result<()> {
     let path = path.as_ref();
     let mut seen = HashSet::new();
     for (name, t) in tensors {
         if !seen.insert(name.as_str()) {
-            return Err(Error::DuplicateTensor { file: path.into(), tensor: name.clone() });
+            return Err(Error::DuplicateTensor {
+                file: path.into(),
+                tensor: name.clone(),
+            });
         }
         t.check(path, name)?;
     }
@@ -212,9 +259,20 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, TensorView<
         .suffix(".tmp")
         .tempfile_in(&dir)
         .map_err(|e| Error::io(path, e))?;
-    let meta = if metadata.is_empty() { None } else { Some(metadata.to_hash_map()) };
-    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), meta, tmp.path())
-        .map_err(|e| Error::Write { file: path.into(), message: e.to_string() })?;
+    let meta = if metadata.is_empty() {
+        None
+    } else {
+        Some(metadata.to_hash_map())
+    };
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        meta,
+        tmp.path(),
+    )
+    .map_err(|e| Error::Write {
+        file: path.into(),
+        message: e.to_string(),
+    })?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
@@ -235,19 +293,35 @@ mod tests {
     fn header_matches_safetensors_serialize() {
         let a = arr2(&[[1.0f32, 2.0], [3.0, 4.0]]).into_dyn();
         let tensors = vec![
-            ("b.weight".to_string(), TensorView::from_f32(&a, DType::F16, false).unwrap()),
+            (
+                "b.weight".to_string(),
+                TensorView::from_f32(&a, DType::F16, false).unwrap(),
+            ),
             ("a.alpha".to_string(), TensorView::scalar_i64(4)),
-            ("c".to_string(), TensorView::from_f32(&a, DType::F32, false).unwrap()),
+            (
+                "c".to_string(),
+                TensorView::from_f32(&a, DType::F32, false).unwrap(),
+            ),
         ];
         let mut m = Metadata::new();
         m.insert("ss_network_dim", "4");
         let ours = header_json(&tensors, &m).unwrap();
-        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(m.to_hash_map())).unwrap();
+        let bytes = safetensors::serialize(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(m.to_hash_map()),
+        )
+        .unwrap();
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         assert_eq!(n, ours.len().next_multiple_of(8));
-        assert_eq!(std::str::from_utf8(&bytes[8..8 + ours.len()]).unwrap(), ours);
+        assert_eq!(
+            std::str::from_utf8(&bytes[8..8 + ours.len()]).unwrap(),
+            ours
+        );
         // Order: I64 first, then F32, then F16.
-        let order: Vec<_> = safetensors_order(&tensors).iter().map(|(n, _)| n.as_str()).collect();
+        let order: Vec<_> = safetensors_order(&tensors)
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         assert_eq!(order, ["a.alpha", "c", "b.weight"]);
     }
 
@@ -256,11 +330,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.safetensors");
         let a = arr2(&[[1e6f32]]).into_dyn();
-        let t = vec![("w".to_string(), TensorView::from_f32(&a, DType::F16, false).unwrap())];
+        let t = vec![(
+            "w".to_string(),
+            TensorView::from_f32(&a, DType::F16, false).unwrap(),
+        )];
         let e = write_safetensors(&p, &t, &Metadata::new()).unwrap_err();
         assert!(matches!(e, Error::Overflow { .. }), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        let t = vec![("w".to_string(), TensorView::from_f32(&a, DType::F16, true).unwrap())];
+        let t = vec![(
+            "w".to_string(),
+            TensorView::from_f32(&a, DType::F16, true).unwrap(),
+        )];
         write_safetensors(&p, &t, &Metadata::new()).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }

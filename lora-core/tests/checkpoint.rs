@@ -8,7 +8,9 @@ use common::{torch_pickle, write_torch_zip, TorchTensor};
 use lora_core::{BaseModel, Checkpoint, DType, Metadata, TensorView};
 
 fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+    v.iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect()
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -26,16 +28,54 @@ fn torch_zip_checkpoint_reads_exactly() {
     let s1 = f32_bytes(&b);
     let te = "cond_stage_model.transformer.encoder.layers.0.mlp.fc1.weight";
     let tensors = [
-        TorchTensor { name: te, storage: "HalfStorage", elem: 2, shape: vec![2, 3], stride: vec![3, 1], offset: 0, storage_key: "0", storage_bytes: &s0 },
-        TorchTensor { name: "t", storage: "FloatStorage", elem: 4, shape: vec![3, 2], stride: vec![1, 3], offset: 0, storage_key: "1", storage_bytes: &s1 },
-        TorchTensor { name: "o", storage: "FloatStorage", elem: 4, shape: vec![2], stride: vec![1], offset: 8, storage_key: "1", storage_bytes: &s1 },
+        TorchTensor {
+            name: te,
+            storage: "HalfStorage",
+            elem: 2,
+            shape: vec![2, 3],
+            stride: vec![3, 1],
+            offset: 0,
+            storage_key: "0",
+            storage_bytes: &s0,
+        },
+        TorchTensor {
+            name: "t",
+            storage: "FloatStorage",
+            elem: 4,
+            shape: vec![3, 2],
+            stride: vec![1, 3],
+            offset: 0,
+            storage_key: "1",
+            storage_bytes: &s1,
+        },
+        TorchTensor {
+            name: "o",
+            storage: "FloatStorage",
+            elem: 4,
+            shape: vec![2],
+            stride: vec![1],
+            offset: 8,
+            storage_key: "1",
+            storage_bytes: &s1,
+        },
     ];
-    write_torch_zip(&p, &torch_pickle(&tensors, true, None), &[("0", &s0), ("1", &s1)]);
+    write_torch_zip(
+        &p,
+        &torch_pickle(&tensors, true, None),
+        &[("0", &s0), ("1", &s1)],
+    );
 
     let c = Checkpoint::open(&p).unwrap();
     assert_eq!(c.names(), vec![te, "o", "t"]);
     assert_eq!(c.info(te).unwrap(), (DType::F16, vec![2, 3]));
-    assert_eq!(c.tensor_f32(te).unwrap().iter().copied().collect::<Vec<_>>(), a);
+    assert_eq!(
+        c.tensor_f32(te)
+            .unwrap()
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        a
+    );
     // Transposed: t[i][j] = b[i + 3j].
     let t = c.tensor_f32("t").unwrap();
     for i in 0..3 {
@@ -43,7 +83,14 @@ fn torch_zip_checkpoint_reads_exactly() {
             assert_eq!(t[[i, j]], b[i + 3 * j]);
         }
     }
-    assert_eq!(c.tensor_f32("o").unwrap().iter().copied().collect::<Vec<_>>(), vec![8.0, 9.0]);
+    assert_eq!(
+        c.tensor_f32("o")
+            .unwrap()
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![8.0, 9.0]
+    );
     assert_eq!(c.base_model(), BaseModel::Sd1);
     // The missing `text_model.` variant resolves (§8.1).
     let want = "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight";
@@ -51,10 +98,19 @@ fn torch_zip_checkpoint_reads_exactly() {
 
     // Convert to safetensors through the generic writer, keeping dtypes, and compare.
     let out = dir.path().join("model.safetensors");
-    let raws: Vec<_> = c.names().into_iter().map(|n| (n.to_string(), c.raw(n).unwrap())).collect();
+    let raws: Vec<_> = c
+        .names()
+        .into_iter()
+        .map(|n| (n.to_string(), c.raw(n).unwrap()))
+        .collect();
     let views: Vec<(String, TensorView)> = raws
         .iter()
-        .map(|(n, r)| (n.clone(), TensorView::from_bytes(r.dtype, r.shape.clone(), r.data.as_ref()).unwrap()))
+        .map(|(n, r)| {
+            (
+                n.clone(),
+                TensorView::from_bytes(r.dtype, r.shape.clone(), r.data.as_ref()).unwrap(),
+            )
+        })
         .collect();
     lora_core::write_safetensors(&out, &views, &Metadata::new()).unwrap();
     let s = Checkpoint::open(&out).unwrap();
@@ -64,7 +120,14 @@ fn torch_zip_checkpoint_reads_exactly() {
         assert_eq!(s.tensor_f32(n).unwrap(), c.tensor_f32(n).unwrap());
     }
     let all: Vec<_> = s.iter_f32().map(|(n, r)| (n, r.unwrap().len())).collect();
-    assert_eq!(all, vec![(te.to_string(), 6), ("o".to_string(), 2), ("t".to_string(), 6)]);
+    assert_eq!(
+        all,
+        vec![
+            (te.to_string(), 6),
+            ("o".to_string(), 2),
+            ("t".to_string(), 6)
+        ]
+    );
 }
 
 #[test]
@@ -72,12 +135,32 @@ fn bare_state_dict_and_nan_reported() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bare.pt");
     let s0 = f32_bytes(&[1.0, f32::NAN]);
-    let tensors = [TorchTensor { name: "model.diffusion_model.out.2.weight", storage: "FloatStorage", elem: 4, shape: vec![2], stride: vec![1], offset: 0, storage_key: "0", storage_bytes: &s0 }];
+    let tensors = [TorchTensor {
+        name: "model.diffusion_model.out.2.weight",
+        storage: "FloatStorage",
+        elem: 4,
+        shape: vec![2],
+        stride: vec![1],
+        offset: 0,
+        storage_key: "0",
+        storage_bytes: &s0,
+    }];
     write_torch_zip(&p, &torch_pickle(&tensors, false, None), &[("0", &s0)]);
     let c = Checkpoint::open(&p).unwrap();
-    let e = c.tensor_f32("model.diffusion_model.out.2.weight").unwrap_err();
-    assert!(matches!(e, lora_core::Error::NonFinite { index: 1, .. }), "{e}");
+    let e = c
+        .tensor_f32("model.diffusion_model.out.2.weight")
+        .unwrap_err();
+    assert!(
+        matches!(e, lora_core::Error::NonFinite { index: 1, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("bare.pt") && e.to_string().contains("out.2.weight"));
     // raw() still gives the bytes, for copying through.
-    assert_eq!(c.raw("model.diffusion_model.out.2.weight").unwrap().data.as_ref(), &s0[..]);
+    assert_eq!(
+        c.raw("model.diffusion_model.out.2.weight")
+            .unwrap()
+            .data
+            .as_ref(),
+        &s0[..]
+    );
 }

@@ -11,6 +11,7 @@
 //!   as `struct.pack('<Q', P) + header + b' ' * (P - len(header)) + data` with the compact header
 //!   JSON written out below (only `ss_*` metadata) and `P` = its length rounded up to 8, then
 //!   `hashlib.sha256(f[0x100000:0x110000]).hexdigest()[:8]`.
+//!
 //! The test checks the constants against the hand-built bytes too (with the sha2 crate), so a
 //! typo in either shows.
 
@@ -35,7 +36,9 @@ fn tiny_f32_lora_golden_bytes() {
     .unwrap();
     let mut meta = Metadata::new();
     meta.set_network_dim(1);
-    let hashes = LoraFile::new(vec![m], meta).save(&path, SavePrecision::Float, &SaveOptions::default()).unwrap();
+    let hashes = LoraFile::new(vec![m], meta)
+        .save(&path, SavePrecision::Float, &SaveOptions::default())
+        .unwrap();
 
     let expected_data: Vec<u8> = [
         [0x00, 0x00, 0x80, 0x3f], // alpha 1.0
@@ -72,7 +75,9 @@ fn f16_lora_over_one_mib_golden_bytes() {
     let mut meta = Metadata::new();
     meta.set_network_dim(1);
     meta.insert("modelspec.title", "not hashed: not an ss_ key");
-    let hashes = LoraFile::new(vec![m], meta).save(&path, SavePrecision::Fp16, &SaveOptions::default()).unwrap();
+    let hashes = LoraFile::new(vec![m], meta)
+        .save(&path, SavePrecision::Fp16, &SaveOptions::default())
+        .unwrap();
 
     // Data: alpha (F16, like the weights), then down, then up.
     let mut data = vec![0x00, 0x3c];
@@ -109,7 +114,10 @@ fn f16_lora_over_one_mib_golden_bytes() {
     file.resize(8 + padded, b' ');
     file.extend_from_slice(&data);
     const LEGACY: &str = "77c3927b";
-    assert_eq!(&hex(&Sha256::digest(&file[0x100000..0x110000]))[..8], LEGACY);
+    assert_eq!(
+        &hex(&Sha256::digest(&file[0x100000..0x110000]))[..8],
+        LEGACY
+    );
     assert_eq!(hashes.legacy_hash, LEGACY);
     assert_eq!(f.metadata().get("sshs_legacy_hash"), Some(LEGACY));
     // The real file has more metadata (modelspec, sshs_*), so its own window differs: the hash is

@@ -31,9 +31,24 @@ struct Spec {
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
-    (0usize..10_000, prop_oneof![Just(0usize), Just(1), Just(3)], 1usize..12, 1usize..12, 1usize..6,
-     prop_oneof![Just(None), (0.25f32..64.0).prop_map(Some)], any::<u64>())
-        .prop_map(|(table_index, kernel, inf, outf, rank, alpha, seed)| Spec { table_index, kernel, inf, outf, rank, alpha, seed })
+    (
+        0usize..10_000,
+        prop_oneof![Just(0usize), Just(1), Just(3)],
+        1usize..12,
+        1usize..12,
+        1usize..6,
+        prop_oneof![Just(None), (0.25f32..64.0).prop_map(Some)],
+        any::<u64>(),
+    )
+        .prop_map(|(table_index, kernel, inf, outf, rank, alpha, seed)| Spec {
+            table_index,
+            kernel,
+            inf,
+            outf,
+            rank,
+            alpha,
+            seed,
+        })
 }
 
 fn build(table: Table, specs: &[Spec], meta: &[(String, String)]) -> LoraFile {
@@ -45,7 +60,9 @@ fn build(table: Table, specs: &[Spec], meta: &[(String, String)]) -> LoraFile {
         if !used.insert(name) {
             continue;
         }
-        modules.push(common::module(name, s.kernel, s.inf, s.outf, s.rank, s.alpha, s.seed));
+        modules.push(common::module(
+            name, s.kernel, s.inf, s.outf, s.rank, s.alpha, s.seed,
+        ));
     }
     let mut m = Metadata::new();
     for (k, v) in meta {
@@ -62,8 +79,11 @@ fn metadata_strategy() -> impl Strategy<Value = Vec<(String, String)>> {
 /// The legacy hash recomputed through the safetensors crate: the same tensors serialized with only
 /// the ss_* metadata, window [1 MiB, 1 MiB + 64 KiB).
 fn legacy_via_safetensors(st: &SafeTensors, meta: &Metadata) -> String {
-    let ss: std::collections::HashMap<String, String> =
-        meta.iter().filter(|(k, _)| k.starts_with("ss_")).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let ss: std::collections::HashMap<String, String> = meta
+        .iter()
+        .filter(|(k, _)| k.starts_with("ss_"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
     let img = safetensors::serialize(tensors, if ss.is_empty() { None } else { Some(ss) }).unwrap();
     let lo = img.len().min(0x100000);
@@ -182,21 +202,39 @@ proptest! {
 fn peft_alpha_from_adapter_config_beside() {
     let dir = tempfile::tempdir().unwrap();
     let name = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q";
-    let lora = LoraFile::new(vec![common::module(name, 0, 8, 8, 4, Some(4.0), 3)], Metadata::new());
+    let lora = LoraFile::new(
+        vec![common::module(name, 0, 8, 8, 4, Some(4.0), 3)],
+        Metadata::new(),
+    );
     let p = dir.path().join("adapter_model.safetensors");
-    lora.save_peft(&p, SavePrecision::Float, &SaveOptions::default()).unwrap();
+    lora.save_peft(&p, SavePrecision::Float, &SaveOptions::default())
+        .unwrap();
     // Strip the header metadata: rewrite with tensors only, then give the alpha in adapter_config.json.
     let f = lora_core::SafetensorsFile::open(&p).unwrap();
     let views: Vec<(String, lora_core::TensorView)> = f
         .names()
         .into_iter()
-        .map(|n| (n.to_string(), lora_core::TensorView::from_bytes(f.dtype(n).unwrap(), f.shape(n).unwrap().to_vec(), f.tensor_bytes(n).unwrap().to_vec()).unwrap()))
+        .map(|n| {
+            (
+                n.to_string(),
+                lora_core::TensorView::from_bytes(
+                    f.dtype(n).unwrap(),
+                    f.shape(n).unwrap().to_vec(),
+                    f.tensor_bytes(n).unwrap().to_vec(),
+                )
+                .unwrap(),
+            )
+        })
         .collect();
     drop(f);
     lora_core::write_safetensors(&p, &views, &Metadata::new()).unwrap();
     let plain = LoraFile::load(&p).unwrap();
     assert_eq!(plain.modules[0].alpha, None); // no alpha anywhere: alpha = rank
-    std::fs::write(dir.path().join("adapter_config.json"), r#"{"r": 4, "lora_alpha": 2, "alpha_pattern": {"attn1.to_q": 1}}"#).unwrap();
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        r#"{"r": 4, "lora_alpha": 2, "alpha_pattern": {"attn1.to_q": 1}}"#,
+    )
+    .unwrap();
     let with_cfg = LoraFile::load(&p).unwrap();
     assert_eq!(with_cfg.modules[0].alpha, Some(1.0));
     assert_eq!(with_cfg.modules[0].name, name);

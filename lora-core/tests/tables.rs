@@ -11,7 +11,8 @@ fn check(table: Table, expected: BaseModel, count: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{table:?}.safetensors"));
     let lora = common::lora_from_table(table, 8, 4.0);
-    lora.save(&path, SavePrecision::Fp16, &SaveOptions::default()).unwrap();
+    lora.save(&path, SavePrecision::Fp16, &SaveOptions::default())
+        .unwrap();
     let r = inspect(&path).unwrap();
     assert_eq!(r.modules.len(), count, "{table:?}");
     assert_eq!(r.rank_set(), vec![8]);
@@ -21,7 +22,12 @@ fn check(table: Table, expected: BaseModel, count: usize) {
     // Kinds and sizes agree with the table row by row.
     for e in table.entries() {
         let m = r.modules.iter().find(|m| m.name == e.name).unwrap();
-        assert_eq!((m.in_features, m.out_features), (e.in_features, e.out_features), "{}", e.name);
+        assert_eq!(
+            (m.in_features, m.out_features),
+            (e.in_features, e.out_features),
+            "{}",
+            e.name
+        );
         let kind = match e.kind {
             lora_core::ModuleKind::Linear => "linear".to_string(),
             lora_core::ModuleKind::Conv { kernel } => format!("conv{}x{}", kernel[0], kernel[1]),
@@ -34,7 +40,10 @@ fn check(table: Table, expected: BaseModel, count: usize) {
     assert_eq!(j["base_model"], expected.label());
     assert_eq!(j["ranks"], serde_json::json!([8]));
     let text = r.to_text();
-    assert!(text.contains(&format!("modules: {count} (ranks [8])")), "{text}");
+    assert!(
+        text.contains(&format!("modules: {count} (ranks [8])")),
+        "{text}"
+    );
 }
 
 #[test]

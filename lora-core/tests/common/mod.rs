@@ -18,10 +18,14 @@ pub fn raw_image(header: &str, data: &[u8]) -> Vec<u8> {
 
 /// Deterministic pseudo-random values in [-1, 1).
 pub fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -33,11 +37,22 @@ pub fn arr(shape: &[usize], seed: u64) -> ArrayD<f32> {
 }
 
 /// A module with the shapes of a table row (`kernel` 0 for linear).
-pub fn module(name: &str, conv_kernel: usize, inf: usize, outf: usize, rank: usize, alpha: Option<f32>, seed: u64) -> LoraModule {
+pub fn module(
+    name: &str,
+    conv_kernel: usize,
+    inf: usize,
+    outf: usize,
+    rank: usize,
+    alpha: Option<f32>,
+    seed: u64,
+) -> LoraModule {
     let (down, up) = if conv_kernel == 0 {
         (arr(&[rank, inf], seed), arr(&[outf, rank], seed + 1))
     } else {
-        (arr(&[rank, inf, conv_kernel, conv_kernel], seed), arr(&[outf, rank, 1, 1], seed + 1))
+        (
+            arr(&[rank, inf, conv_kernel, conv_kernel], seed),
+            arr(&[outf, rank, 1, 1], seed + 1),
+        )
     };
     LoraModule::new(name, down, up, alpha).unwrap()
 }
@@ -53,11 +68,20 @@ pub fn lora_from_table(table: lora_core::names::Table, rank: usize, alpha: f32) 
                 lora_core::ModuleKind::Linear => 0,
                 lora_core::ModuleKind::Conv { kernel } => kernel[0],
             };
-            module(e.name, k, e.in_features, e.out_features, rank, Some(alpha), i as u64)
+            module(
+                e.name,
+                k,
+                e.in_features,
+                e.out_features,
+                rank,
+                Some(alpha),
+                i as u64,
+            )
         })
         .collect();
     let mut m = Metadata::new();
-    m.set_network_module("networks.lora").set_network_dim(rank as i64);
+    m.set_network_module("networks.lora")
+        .set_network_dim(rank as i64);
     m.set_network_alpha(lora_core::PyValue::Float(alpha as f64));
     LoraFile::new(modules, m)
 }
@@ -138,7 +162,8 @@ pub fn torch_pickle(tensors: &[TorchTensor], wrap: bool, extra: Option<&[u8]>) -
 pub fn write_torch_zip(path: &Path, pickle: &[u8], storages: &[(&str, &[u8])]) {
     let f = std::fs::File::create(path).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     z.start_file("archive/data.pkl", opts).unwrap();
     z.write_all(pickle).unwrap();
     for (k, b) in storages {
