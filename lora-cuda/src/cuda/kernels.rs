@@ -13,8 +13,75 @@ pub struct KernelSource {
     pub kernels: &'static [&'static str],
 }
 
-/// Every kernel file of the CUDA backend.
-pub const KERNEL_SOURCES: &[KernelSource] = &[];
+/// The helpers every kernel file includes (`#include "common.cuh"`).
+pub const COMMON_HEADER: &str = include_str!("../../kernels/common.cuh");
+
+macro_rules! kernel_file {
+    ($file:literal, [$($k:literal),* $(,)?]) => {
+        KernelSource {
+            file: $file,
+            source: include_str!(concat!("../../kernels/", $file)),
+            kernels: &[$($k),*],
+        }
+    };
+}
+
+/// Every kernel file of the CUDA backend, with the kernels it defines.
+pub const KERNEL_SOURCES: &[KernelSource] = &[
+    kernel_file!(
+        "elementwise.cu",
+        [
+            "act_fwd",
+            "act_bwd",
+            "binary_same",
+            "binary_bcast",
+            "axpby",
+            "fill_f32",
+            "geglu_fwd",
+            "geglu_bwd",
+            "f32_to_bf16",
+            "bf16_to_f32",
+            "f32_to_f16",
+            "f16_to_f32",
+            "adamw_f32",
+        ]
+    ),
+    kernel_file!("reduce.cu", ["sum_f32", "sumsq_f32", "col_sum", "row_mean"]),
+    kernel_file!("sgemm.cu", ["sgemm"]),
+    kernel_file!("hgemm.cu", ["hgemm_bf16", "hgemm_f16"]),
+    kernel_file!("conv.cu", ["im2col_f32", "col2im_f32", "add_channel_bias"]),
+    kernel_file!("softmax.cu", ["softmax_fwd", "softmax_bwd"]),
+    kernel_file!(
+        "norm.cu",
+        [
+            "group_norm_fwd",
+            "group_norm_bwd_dx",
+            "group_norm_bwd_param",
+            "layer_norm_fwd",
+            "layer_norm_bwd_dx",
+            "layer_norm_bwd_param",
+        ]
+    ),
+    kernel_file!("attention.cu", ["attn_fwd", "attn_bwd_dot", "attn_bwd"]),
+    kernel_file!(
+        "layout.cu",
+        [
+            "upsample2x_fwd",
+            "upsample2x_bwd",
+            "permute_f32",
+            "copy_block"
+        ]
+    ),
+];
+
+impl KernelSource {
+    /// The source as NVRTC sees it: `#include "common.cuh"` replaced by the header's text (NVRTC gets no
+    /// file system view of `kernels/`, and the binary may run far from the source tree).
+    pub fn expanded(&self) -> String {
+        self.source
+            .replace("#include \"common.cuh\"", COMMON_HEADER)
+    }
+}
 
 /// Compiles one kernel file to PTX for `arch` (e.g. `"compute_80"`), with `CUDA_INCLUDE_DIR` (the
 /// directory holding `cuda_fp16.h` / `cuda_bf16.h`) on the include path when it is set.
@@ -50,7 +117,7 @@ pub fn compile_ptx(src: &KernelSource, arch: &str) -> Result<String> {
         ..Default::default()
     };
     let ptx =
-        cudarc::nvrtc::compile_ptx_with_opts(src.source, opts).map_err(|e| Error::Compile {
+        cudarc::nvrtc::compile_ptx_with_opts(src.expanded(), opts).map_err(|e| Error::Compile {
             file: src.file.to_string(),
             log: format!("{e:?}"),
         })?;

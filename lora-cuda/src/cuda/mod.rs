@@ -1,6 +1,7 @@
 //! The CUDA backend: kernel sources compiled with NVRTC on first use, cached per device, and launched
 //! through cudarc. The driver and NVRTC are loaded dynamically, so this module builds without CUDA.
 
+pub mod host;
 mod kernels;
 pub(crate) mod ops;
 
@@ -15,7 +16,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Storage;
 
-pub use kernels::{compile_ptx, KernelSource, KERNEL_SOURCES};
+pub use kernels::{compile_ptx, KernelSource, COMMON_HEADER, KERNEL_SOURCES};
 
 /// Device memory of one tensor: untyped bytes plus the element type and count.
 #[derive(Clone)]
