@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::dtype::{bytes_to_f32, first_non_finite, DType};
 use crate::names::{detect_checkpoint_base_model, normalize_te_key, BaseModel};
 use crate::pickle::{self, PickleError, TensorRef, Value};
+use crate::read::Backing;
 use crate::{Error, Metadata, Result, SafetensorsFile};
 
 /// One stored tensor in its own dtype.
@@ -40,7 +40,7 @@ enum Inner {
 
 #[derive(Debug)]
 struct TorchFile {
-    mmap: Mmap,
+    mmap: Backing,
     /// Tensor name -> (rebuilt tensor, storage byte range in the file).
     tensors: Vec<(String, TensorRef)>,
     index: HashMap<String, usize>,
@@ -66,7 +66,7 @@ impl Checkpoint {
             }
         }
         let inner = if &head == b"PK\x03\x04" {
-            Inner::Torch(TorchFile::open(path)?)
+            Inner::Torch(TorchFile::open(path, Backing::map(path)?)?)
         } else if head[0] == 0x80 && head[1] <= 5 {
             return Err(Error::Pickle {
                 file: path.into(),
@@ -76,6 +76,17 @@ impl Checkpoint {
         } else {
             Inner::Safetensors(SafetensorsFile::open(path)?)
         };
+        Ok(Checkpoint {
+            path: path.into(),
+            inner,
+        })
+    }
+
+    /// Reads a torch zip checkpoint image held in memory; `path` only names it in errors (used by
+    /// the fuzz targets).
+    pub fn torch_from_vec(path: impl AsRef<Path>, bytes: Vec<u8>) -> Result<Self> {
+        let path = path.as_ref();
+        let inner = Inner::Torch(TorchFile::open(path, Backing::Owned(bytes))?);
         Ok(Checkpoint {
             path: path.into(),
             inner,
@@ -211,10 +222,7 @@ fn zip_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl TorchFile {
-    fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only map; see `SafetensorsFile::open`.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    fn open(path: &Path, mmap: Backing) -> Result<Self> {
         let mut archive =
             zip::ZipArchive::new(std::io::Cursor::new(&mmap[..])).map_err(|e| zip_err(path, e))?;
         let pkl_name = archive

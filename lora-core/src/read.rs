@@ -33,25 +33,26 @@ impl TensorInfo {
     }
 }
 
-/// An open safetensors file: the header parsed and checked, the data mapped, nothing copied.
-///
-/// Tensors are read one at a time, so a multi-GB checkpoint never sits in memory whole.
+/// The bytes behind a reader: a read-only map of a file, or an owned buffer.
 #[derive(Debug)]
-pub struct SafetensorsFile {
-    path: PathBuf,
-    mmap: Mmap,
-    data_start: usize,
-    metadata: Metadata,
-    /// In data (offset) order.
-    tensors: Vec<(String, TensorInfo)>,
-    index: HashMap<String, usize>,
+pub(crate) enum Backing {
+    Map(Mmap),
+    Owned(Vec<u8>),
 }
 
-impl SafetensorsFile {
-    /// Opens and checks `path`: header length and size limit, UTF-8, JSON shape, dtypes, shapes,
-    /// offsets (checked arithmetic, in bounds, no overlap, no hole, nothing trailing), duplicate names.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
+impl Backing {
+    /// Maps `path` read-only.
+    pub(crate) fn map(path: &Path) -> Result<Backing> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len == 0 {
@@ -62,9 +63,43 @@ impl SafetensorsFile {
             });
         }
         // SAFETY: the map is read-only. A file changed by another process while mapped is the one
-        // risk of every mmap reader (the safetensors crate shares it); we never hand out references
-        // that outlive `self`.
+        // risk of every mmap reader (the safetensors crate shares it); references into the map
+        // never outlive the reader that owns it.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(Backing::Map(mmap))
+    }
+}
+
+/// An open safetensors file: the header parsed and checked, the data mapped, nothing copied.
+///
+/// Tensors are read one at a time, so a multi-GB checkpoint never sits in memory whole.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Backing,
+    data_start: usize,
+    metadata: Metadata,
+    /// In data (offset) order.
+    tensors: Vec<(String, TensorInfo)>,
+    index: HashMap<String, usize>,
+}
+
+impl SafetensorsFile {
+    /// Opens and checks `path`: header length and size limit, UTF-8, JSON shape, dtypes, shapes,
+    /// offsets (checked arithmetic, in bounds, no overlap, no hole, nothing trailing), duplicate
+    /// names. The file is mapped, not read.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        Self::from_backing(path, Backing::map(path)?)
+    }
+
+    /// Parses a file image held in memory; `path` only names it in errors (used by the fuzz
+    /// targets; [`open`](Self::open) maps the file instead of reading it).
+    pub fn from_vec(path: impl AsRef<Path>, bytes: Vec<u8>) -> Result<Self> {
+        Self::from_backing(path.as_ref(), Backing::Owned(bytes))
+    }
+
+    fn from_backing(path: &Path, mmap: Backing) -> Result<Self> {
         let (data_start, metadata, tensors) = parse(path, &mmap)?;
         let index = tensors
             .iter()
