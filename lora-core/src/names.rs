@@ -337,6 +337,123 @@ pub fn module_path_to_kohya(component: Component, path: &str) -> String {
     format!("{}{}", component.kohya_prefix(), path.replace('.', "_"))
 }
 
+const RESNET_CHILDREN: [(&str, &str); 4] = [
+    ("conv1", "in_layers.2"),
+    ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"),
+    ("conv_shortcut", "skip_connection"),
+];
+
+fn split_num(s: &str) -> Option<(usize, &str)> {
+    let (n, rest) = s.split_once('.')?;
+    Some((n.parse().ok()?, rest))
+}
+
+/// SDXL U-Net module path, diffusers naming → SAI/LDM naming (sd-scripts'
+/// `make_unet_conversion_map`, §8.3): `down_blocks.1.attentions.0.x` → `input_blocks.4.1.x`,
+/// `up_blocks.0.upsamplers.0.conv` → `output_blocks.2.2.conv`, resnet children renamed.
+/// `None` for a path that is not a diffusers SDXL U-Net path.
+pub fn sdxl_diffusers_to_sai(path: &str) -> Option<String> {
+    let res = |child: &str| {
+        RESNET_CHILDREN
+            .iter()
+            .find(|(d, _)| *d == child)
+            .map(|(_, s)| s.to_string())
+    };
+    if let Some(rest) = path.strip_prefix("down_blocks.") {
+        let (i, rest) = split_num(rest)?;
+        if let Some(r) = rest.strip_prefix("resnets.") {
+            let (j, child) = split_num(r)?;
+            return Some(format!("input_blocks.{}.0.{}", 3 * i + j + 1, res(child)?));
+        }
+        if let Some(r) = rest.strip_prefix("attentions.") {
+            let (j, tail) = split_num(r)?;
+            return Some(format!("input_blocks.{}.1.{tail}", 3 * i + j + 1));
+        }
+        if rest == "downsamplers.0.conv" {
+            return Some(format!("input_blocks.{}.0.op", 3 * (i + 1)));
+        }
+        return None;
+    }
+    if let Some(rest) = path.strip_prefix("up_blocks.") {
+        let (i, rest) = split_num(rest)?;
+        if let Some(r) = rest.strip_prefix("resnets.") {
+            let (j, child) = split_num(r)?;
+            return Some(format!("output_blocks.{}.0.{}", 3 * i + j, res(child)?));
+        }
+        if let Some(r) = rest.strip_prefix("attentions.") {
+            let (j, tail) = split_num(r)?;
+            return Some(format!("output_blocks.{}.1.{tail}", 3 * i + j));
+        }
+        if let Some(tail) = rest.strip_prefix("upsamplers.0.") {
+            return Some(format!("output_blocks.{}.2.{tail}", 3 * i + 2));
+        }
+        return None;
+    }
+    if let Some(tail) = path.strip_prefix("mid_block.attentions.0.") {
+        return Some(format!("middle_block.1.{tail}"));
+    }
+    if let Some(r) = path.strip_prefix("mid_block.resnets.") {
+        let (j, child) = split_num(r)?;
+        return Some(format!("middle_block.{}.{}", 2 * j, res(child)?));
+    }
+    None
+}
+
+/// The inverse of [`sdxl_diffusers_to_sai`].
+pub fn sdxl_sai_to_diffusers(path: &str) -> Option<String> {
+    let res = |child: &str| {
+        RESNET_CHILDREN
+            .iter()
+            .find(|(_, s)| *s == child)
+            .map(|(d, _)| d.to_string())
+    };
+    if let Some(rest) = path.strip_prefix("input_blocks.") {
+        let (n, rest) = split_num(rest)?;
+        if n == 0 {
+            return None;
+        }
+        if rest == "0.op" && n % 3 == 0 {
+            return Some(format!("down_blocks.{}.downsamplers.0.conv", n / 3 - 1));
+        }
+        let (i, j) = ((n - 1) / 3, (n - 1) % 3);
+        if j > 1 {
+            return None;
+        }
+        if let Some(child) = rest.strip_prefix("0.") {
+            return Some(format!("down_blocks.{i}.resnets.{j}.{}", res(child)?));
+        }
+        if let Some(tail) = rest.strip_prefix("1.") {
+            return Some(format!("down_blocks.{i}.attentions.{j}.{tail}"));
+        }
+        return None;
+    }
+    if let Some(rest) = path.strip_prefix("output_blocks.") {
+        let (n, rest) = split_num(rest)?;
+        let (i, j) = (n / 3, n % 3);
+        if let Some(child) = rest.strip_prefix("0.") {
+            return Some(format!("up_blocks.{i}.resnets.{j}.{}", res(child)?));
+        }
+        if let Some(tail) = rest.strip_prefix("1.") {
+            return Some(format!("up_blocks.{i}.attentions.{j}.{tail}"));
+        }
+        if let Some(tail) = rest.strip_prefix("2.") {
+            return (j == 2).then(|| format!("up_blocks.{i}.upsamplers.0.{tail}"));
+        }
+        return None;
+    }
+    if let Some(tail) = path.strip_prefix("middle_block.1.") {
+        return Some(format!("mid_block.attentions.0.{tail}"));
+    }
+    if let Some(rest) = path.strip_prefix("middle_block.") {
+        let (n, child) = split_num(rest)?;
+        if n % 2 == 0 && n <= 2 {
+            return Some(format!("mid_block.resnets.{}.{}", n / 2, res(child)?));
+        }
+    }
+    None
+}
+
 /// Where a LoRA module's weight lives in an LDM checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LdmTarget {
@@ -682,6 +799,45 @@ mod tests {
             4096,
         )]);
         assert_eq!(sd2, BaseModel::Sd2);
+    }
+
+    #[test]
+    fn sdxl_diffusers_sai_round_trip() {
+        assert_eq!(
+            sdxl_diffusers_to_sai("down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k")
+                .unwrap(),
+            "input_blocks.4.1.transformer_blocks.1.attn2.to_k"
+        );
+        assert_eq!(
+            sdxl_diffusers_to_sai("up_blocks.0.upsamplers.0.conv").unwrap(),
+            "output_blocks.2.2.conv"
+        );
+        assert_eq!(
+            sdxl_diffusers_to_sai("down_blocks.0.downsamplers.0.conv").unwrap(),
+            "input_blocks.3.0.op"
+        );
+        assert_eq!(
+            sdxl_diffusers_to_sai("mid_block.resnets.1.time_emb_proj").unwrap(),
+            "middle_block.2.emb_layers.1"
+        );
+        assert_eq!(
+            sdxl_diffusers_to_sai("up_blocks.2.resnets.0.conv_shortcut").unwrap(),
+            "output_blocks.6.0.skip_connection"
+        );
+        let mut n = 0;
+        for e in Table::SdxlConv.entries() {
+            let Some((Component::Unet, sai)) = kohya_to_module_path(e.name) else {
+                continue;
+            };
+            let d = sdxl_sai_to_diffusers(&sai).unwrap_or_else(|| panic!("{sai}"));
+            assert_eq!(
+                sdxl_diffusers_to_sai(&d).as_deref(),
+                Some(sai.as_str()),
+                "{d}"
+            );
+            n += 1;
+        }
+        assert_eq!(n, 788);
     }
 
     #[test]

@@ -19,7 +19,10 @@ use serde_json::{Map, Value};
 
 use crate::dtype::SavePrecision;
 use crate::lora::{assemble, read_alpha, LoraFile, Parts, SaveOptions};
-use crate::names::{kohya_to_module_path, module_path_to_kohya, Component};
+use crate::names::{
+    kohya_to_module_path, module_path_to_kohya, sdxl_diffusers_to_sai, sdxl_sai_to_diffusers,
+    Component,
+};
 use crate::write::TensorView;
 use crate::{Error, Metadata, Result, SafetensorsFile};
 
@@ -158,6 +161,35 @@ impl AlphaSettings {
     }
 }
 
+/// Whether a PEFT/diffusers file is an SDXL LoRA: it has `text_encoder_2` keys, or U-Net modules
+/// only SDXL has (a transformer block index above 0, LDM block names, cross-attention from 2048
+/// features).
+fn looks_like_sdxl(f: &SafetensorsFile) -> bool {
+    f.tensors().any(|(n, info)| {
+        let Some(k) = parse_peft_key(n) else {
+            return false;
+        };
+        if k.prefix == "text_encoder_2" {
+            return true;
+        }
+        if k.prefix != "unet" {
+            return false;
+        }
+        let deep_block = k
+            .path
+            .split_once("transformer_blocks.")
+            .and_then(|(_, r)| r.split('.').next()?.parse::<usize>().ok())
+            .is_some_and(|b| b > 0);
+        let ldm = ["input_blocks.", "middle_block.", "output_blocks."]
+            .iter()
+            .any(|p| k.path.starts_with(p));
+        let xattn_2048 = k.part == Part::Down
+            && (k.path.ends_with("attn2.to_k") || k.path.ends_with("attn2.to_v"))
+            && info.shape.get(1) == Some(&2048);
+        deep_block || ldm || xattn_2048
+    })
+}
+
 fn component_of(prefix: &str, path: &str, sdxl: bool) -> Component {
     match prefix {
         "text_encoder_2" => Component::TextEncoder2,
@@ -174,7 +206,7 @@ pub(crate) fn load_peft(
     config: Option<&(PathBuf, Value)>,
 ) -> Result<LoraFile> {
     let path = f.path();
-    let sdxl = f.tensors().any(|(n, _)| n.starts_with("text_encoder_2."));
+    let sdxl = looks_like_sdxl(f);
     let header_settings: Option<Map<String, Value>> = match f.metadata().get(ADAPTER_METADATA_KEY) {
         Some(s) => match serde_json::from_str::<Value>(s) {
             Ok(Value::Object(o)) => Some(o),
@@ -202,7 +234,15 @@ pub(crate) fn load_peft(
             });
         };
         let comp = component_of(&k.prefix, &k.path, sdxl);
-        let kohya = module_path_to_kohya(comp, &k.path);
+        let kohya = if comp == Component::Unet && sdxl {
+            // kohya names SDXL U-Net modules in SAI/LDM naming (§1.2).
+            module_path_to_kohya(
+                comp,
+                &sdxl_diffusers_to_sai(&k.path).unwrap_or_else(|| k.path.clone()),
+            )
+        } else {
+            module_path_to_kohya(comp, &k.path)
+        };
         paths
             .entry(kohya.clone())
             .or_insert_with(|| (comp.diffusers_prefix().to_string(), k.path.clone()));
@@ -281,6 +321,10 @@ pub fn to_peft_tensors(
             message: "not a kohya name (lora_unet_/lora_te_/lora_te1_/lora_te2_)".into(),
         })?;
         let dprefix = comp.diffusers_prefix();
+        let mpath = match comp {
+            Component::Unet => sdxl_sai_to_diffusers(&mpath).unwrap_or(mpath),
+            _ => mpath,
+        };
         if part == "lora_A" {
             let m = lora.module(module).ok_or_else(|| Error::TensorNotFound {
                 file: path.into(),

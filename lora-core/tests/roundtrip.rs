@@ -177,6 +177,8 @@ proptest! {
         let f = lora_core::SafetensorsFile::open(&p).unwrap();
         prop_assert!(f.names().iter().all(|n| n.ends_with(".lora_A.weight") || n.ends_with(".lora_B.weight")));
         prop_assert_eq!(lora_core::detect_format(&f), lora_core::LoraFormat::Peft);
+        // SDXL U-Net modules are written with diffusers block names, not SAI ones.
+        prop_assert!(f.names().iter().all(|n| !n.contains("input_blocks") && !n.contains("output_blocks") && !n.contains("middle_block")));
         let back = LoraFile::load(&p).unwrap();
         prop_assert_eq!(back.modules.len(), lora.modules.len());
         for (a, b) in lora.modules.iter().zip(&back.modules) {
