@@ -1,5 +1,7 @@
 //! Prints the median time of each effect on the images in a folder (`bench_512.png`, `bench_1024.png`) as
-//! tab-separated `effect size ms` lines; `scripts/imgfx_bench.py` runs it next to Pillow/OpenCV.
+//! tab-separated `effect size wall_ms cpu_ms` lines (medians; CPU time of the whole process, from
+//! `/proc/self/task/*/schedstat`, which a loaded machine disturbs less than wall time);
+//! `scripts/imgfx_bench.py` runs it next to Pillow/OpenCV.
 //! Threads: set `RAYON_NUM_THREADS` (the script runs 1 and 2).
 //!
 //! `cargo run --release -p imgfx --example bench_table -- DIR [REPEATS]`
@@ -7,6 +9,18 @@
 use std::time::Instant;
 
 use imgfx::Effect;
+
+/// CPU time of all this process's threads, in ms (Linux; 0 elsewhere).
+fn cpu_ms() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e6
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -41,17 +55,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for spec in &specs {
             let e: Effect = spec.parse()?;
             let _ = e.apply(&img)?; // warm-up
-            let mut t: Vec<f64> = (0..repeats)
-                .map(|_| {
-                    let s = Instant::now();
-                    let out = e.apply(&img).unwrap();
-                    let el = s.elapsed().as_secs_f64() * 1e3;
-                    drop(out);
-                    el
-                })
-                .collect();
-            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            println!("{spec}\t{size}\t{:.3}", t[t.len() / 2]);
+            let mut wall = Vec::new();
+            let mut cpu = Vec::new();
+            for _ in 0..repeats {
+                let (c0, s) = (cpu_ms(), Instant::now());
+                let out = e.apply(&img)?;
+                wall.push(s.elapsed().as_secs_f64() * 1e3);
+                cpu.push(cpu_ms() - c0);
+                drop(out);
+            }
+            wall.sort_by(|a, b| a.total_cmp(b));
+            cpu.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "{spec}\t{size}\t{:.3}\t{:.3}",
+                wall[wall.len() / 2],
+                cpu[cpu.len() / 2]
+            );
         }
     }
     Ok(())

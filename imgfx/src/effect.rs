@@ -297,6 +297,10 @@ impl Effect {
 
     /// Applies the effect to a copy.
     pub fn apply(&self, img: &DynamicImage) -> Result<DynamicImage> {
+        if let Self::Filter(f) = self {
+            crate::pixels::check_nonempty(img)?;
+            return Ok(crate::kernel::pillow_filter(img, *f));
+        }
         let mut out = img.clone();
         self.apply_in_place(&mut out)?;
         Ok(out)

@@ -177,58 +177,142 @@ fn clip8(v: f32) -> u8 {
     v as u8
 }
 
-/// Filters rows `src` into `dst` (same layout) with Pillow's arithmetic; `n` = kernel size.
+/// Filters `src` into `dst` (same layout) with Pillow's arithmetic; `n` = kernel size.
+#[allow(clippy::too_many_arguments)]
 fn convolve(
     src: &[u8],
     dst: &mut [u8],
     width: usize,
     height: usize,
     cn: usize,
-    colour: usize,
     k: &[f32],
     n: usize,
     offset: f32,
 ) {
     dst.copy_from_slice(src);
-    let half = n / 2;
     if width < n || height < n {
         return;
     }
-    let stride = width * cn;
+    match (n, cn) {
+        (3, 1) => convolve_n::<3, 1>(src, dst, width, height, k, offset),
+        (3, 2) => convolve_n::<3, 2>(src, dst, width, height, k, offset),
+        (3, 3) => convolve_n::<3, 3>(src, dst, width, height, k, offset),
+        (3, 4) => convolve_n::<3, 4>(src, dst, width, height, k, offset),
+        (5, 1) => convolve_n::<5, 1>(src, dst, width, height, k, offset),
+        (5, 2) => convolve_n::<5, 2>(src, dst, width, height, k, offset),
+        (5, 3) => convolve_n::<5, 3>(src, dst, width, height, k, offset),
+        (5, 4) => convolve_n::<5, 4>(src, dst, width, height, k, offset),
+        _ => unreachable!("kernel size and channel count are checked"),
+    }
+}
+
+/// [`convolve`] for an `N×N` kernel on `CN`-sample pixels. Alpha (the 2nd/4th sample) is restored after.
+fn convolve_n<const N: usize, const CN: usize>(
+    src: &[u8],
+    dst: &mut [u8],
+    width: usize,
+    height: usize,
+    k: &[f32],
+    offset: f32,
+) {
+    let half = N / 2;
+    let kk: [[f32; N]; N] = std::array::from_fn(|r| std::array::from_fn(|i| k[r * N + i]));
+    let stride = width * CN;
     dst.par_chunks_mut(stride).enumerate().for_each(|(y, out)| {
         if y < half || y >= height - half {
             return;
         }
-        for x in half..width - half {
-            for c in 0..colour {
-                let mut ss = offset;
-                for r in 0..n {
-                    // Kernel row r applies to image row y + half - r (Pillow flips vertically).
-                    let row = &src[(y + half - r) * stride..][..stride];
-                    let kr = &k[r * n..][..n];
-                    let base = (x - half) * cn + c;
-                    let mut rs = row[base] as f32 * kr[0];
-                    for i in 1..n {
-                        rs += row[base + i * cn] as f32 * kr[i];
-                    }
-                    ss += rs;
-                }
-                out[x * cn + c] = clip8(ss);
+        // Kernel row r applies to image row y + half - r (Pillow flips the kernel vertically).
+        let rows: [&[u8]; N] = std::array::from_fn(|r| &src[(y + half - r) * stride..][..stride]);
+        row_dispatch::<N, CN>(&rows, out, width, &kk, offset);
+        if CN == 2 || CN == 4 {
+            let centre = &src[y * stride..][..stride];
+            for x in half..width - half {
+                out[x * CN + CN - 1] = centre[x * CN + CN - 1];
             }
         }
     });
 }
 
+fn row_dispatch<const N: usize, const CN: usize>(
+    rows: &[&[u8]; N],
+    out: &mut [u8],
+    width: usize,
+    kk: &[[f32; N]; N],
+    offset: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present, checked just above.
+        unsafe { row_avx2::<N, CN>(rows, out, width, kk, offset) };
+        return;
+    }
+    row_generic::<N, CN>(rows, out, width, kk, offset)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_avx2<const N: usize, const CN: usize>(
+    rows: &[&[u8]; N],
+    out: &mut [u8],
+    width: usize,
+    kk: &[[f32; N]; N],
+    offset: f32,
+) {
+    row_generic::<N, CN>(rows, out, width, kk, offset)
+}
+
+/// One output row. Every interior sample `s = x·CN + c` reads the samples `s + (i − N/2)·CN` of each input
+/// row, whatever its channel, so the row is one flat loop over samples that the compiler vectorizes; each
+/// sample still sees Pillow's exact sequence of float operations.
+#[inline(always)]
+fn row_generic<const N: usize, const CN: usize>(
+    rows: &[&[u8]; N],
+    out: &mut [u8],
+    width: usize,
+    kk: &[[f32; N]; N],
+    offset: f32,
+) {
+    let half = N / 2;
+    let lo = half * CN;
+    let hi = (width - half) * CN;
+    let len = hi - lo;
+    // taps[r][i][j] = rows[r][lo + j + (i − half)·CN]
+    let taps: [[&[u8]; N]; N] = std::array::from_fn(|r| {
+        std::array::from_fn(|i| &rows[r][lo + i * CN - half * CN..][..len])
+    });
+    let out = &mut out[lo..hi];
+    for j in 0..len {
+        let mut ss = offset;
+        for r in 0..N {
+            let mut rs = taps[r][0][j] as f32 * kk[r][0];
+            for i in 1..N {
+                rs += taps[r][i][j] as f32 * kk[r][i];
+            }
+            ss += rs;
+        }
+        out[j] = clip8(ss);
+    }
+}
+
 /// Applies a [`Kernel`] the way Pillow's `Image.filter(ImageFilter.Kernel(...))` does (see the module docs).
 pub fn filter(img: &DynamicImage, kernel: &Kernel) -> DynamicImage {
-    let mut src = img.clone();
-    make_8bit(&mut src);
+    let converted;
+    let src = match crate::pixels::samples(img) {
+        Some(_) => img,
+        None => {
+            let mut c = img.clone();
+            make_8bit(&mut c);
+            converted = c;
+            &converted
+        }
+    };
     let mut out = src.clone();
     let k: Vec<f32> = kernel.weights.iter().map(|w| w / kernel.scale).collect();
     // Pillow: `offset += 0.5` in float, once, for rounding.
     let offset = kernel.offset + 0.5;
     {
-        let s = crate::pixels::samples(&src).expect("8-bit");
+        let s = crate::pixels::samples(src).expect("8-bit");
         let d = samples_mut(&mut out);
         convolve(
             s.data,
@@ -236,7 +320,6 @@ pub fn filter(img: &DynamicImage, kernel: &Kernel) -> DynamicImage {
             s.width,
             s.height,
             s.channels,
-            s.colour,
             &k,
             kernel.size,
             offset,
@@ -278,6 +361,31 @@ mod tests {
         g.put_pixel(0, 2, Luma([50]));
         let out = pillow_filter(&DynamicImage::ImageLuma8(g), PillowFilter::Emboss).to_luma8();
         assert_eq!(out.get_pixel(1, 1)[0], 78); // 128 - 50
+    }
+
+    #[test]
+    fn dispatched_and_plain_rows_agree() {
+        let mut seed = 7u32;
+        let data: Vec<Vec<u8>> = (0..5)
+            .map(|_| {
+                (0..37 * 3)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                        (seed >> 24) as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        let rows: [&[u8]; 5] = std::array::from_fn(|r| &data[r][..]);
+        for f in [PillowFilter::SmoothMore, PillowFilter::Blur] {
+            let k = f.kernel();
+            let kk: [[f32; 5]; 5] =
+                std::array::from_fn(|r| std::array::from_fn(|i| k.weights[r * 5 + i] / k.scale));
+            let (mut a, mut b) = (vec![0u8; 37 * 3], vec![0u8; 37 * 3]);
+            row_dispatch::<5, 3>(&rows, &mut a, 37, &kk, k.offset + 0.5);
+            row_generic::<5, 3>(&rows, &mut b, 37, &kk, k.offset + 0.5);
+            assert_eq!(a, b);
+        }
     }
 
     #[test]
