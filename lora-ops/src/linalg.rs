@@ -87,23 +87,73 @@ pub fn thin_qr(a: ArrayView2<f32>, tensor: &str) -> Result<(Array2<f32>, Array2<
 /// `O(m·n·min(m,n))`. At most `min(m, n, r)` triplets are returned; the remaining singular values of the
 /// product are exactly zero.
 pub fn lowrank_svd(up: ArrayView2<f32>, down: ArrayView2<f32>, tensor: &str) -> Result<Svd> {
-    let (m, r) = up.dim();
-    let (r2, n) = down.dim();
-    if r != r2 {
-        return Err(Error::shape(tensor, format!("up is {m}x{r} but down is {r2}x{n}")));
+    let core = LowRankCore::new(up, down, tensor)?;
+    Ok(core.svd(core.len()))
+}
+
+/// The factored form of [`lowrank_svd`] before the singular vectors are formed: `Qa`, `Qb` and the SVD of
+/// the core. The singular values are available at once ([`LowRankCore::singular_values`]); [`svd`](Self::svd)
+/// forms only the first `k` vectors, which is all a truncation needs (`O((m+n)·r·k)` instead of `r²`).
+#[derive(Debug, Clone)]
+pub struct LowRankCore {
+    qa: Array2<f32>,
+    qb: Array2<f32>,
+    core: Svd,
+    m: usize,
+    n: usize,
+}
+
+impl LowRankCore {
+    /// Thin QRs of `up` (`m × r`) and `downᵀ` and the SVD of the small core.
+    pub fn new(up: ArrayView2<f32>, down: ArrayView2<f32>, tensor: &str) -> Result<Self> {
+        let (m, r) = up.dim();
+        let (r2, n) = down.dim();
+        if r != r2 {
+            return Err(Error::shape(tensor, format!("up is {m}x{r} but down is {r2}x{n}")));
+        }
+        if m == 0 || n == 0 || r == 0 {
+            return Ok(LowRankCore {
+                qa: Array2::zeros((m, 0)),
+                qb: Array2::zeros((n, 0)),
+                core: empty_svd(0, 0),
+                m,
+                n,
+            });
+        }
+        check_finite(up, tensor)?;
+        check_finite(down, tensor)?;
+        let (qa, ra) = thin_qr(up, tensor)?;
+        let (qb, rb) = thin_qr(down.t(), tensor)?;
+        let core_m = ra.dot(&rb.t());
+        let core = dense_svd(core_m.view(), tensor)?;
+        Ok(LowRankCore { qa, qb, core, m, n })
     }
-    if m == 0 || n == 0 || r == 0 {
-        return Ok(empty_svd(m, n));
+
+    /// Number of singular triplets (`min(m, n, r)`).
+    pub fn len(&self) -> usize {
+        self.core.len()
     }
-    check_finite(up, tensor)?;
-    check_finite(down, tensor)?;
-    let (qa, ra) = thin_qr(up, tensor)?;
-    let (qb, rb) = thin_qr(down.t(), tensor)?;
-    let core = ra.dot(&rb.t());
-    let core_svd = dense_svd(core.view(), tensor)?;
-    let u = qa.dot(&core_svd.u);
-    let vt = core_svd.vt.dot(&qb.t());
-    Ok(Svd { u, s: core_svd.s, vt })
+
+    /// True for a zero-size product.
+    pub fn is_empty(&self) -> bool {
+        self.core.is_empty()
+    }
+
+    /// All singular values, descending.
+    pub fn singular_values(&self) -> &Array1<f32> {
+        &self.core.s
+    }
+
+    /// The first `k` singular triplets (`k` capped at [`len`](Self::len)).
+    pub fn svd(&self, k: usize) -> Svd {
+        let k = k.min(self.len());
+        if k == 0 {
+            return empty_svd(self.m, self.n);
+        }
+        let u = self.qa.dot(&self.core.u.slice(s![.., ..k]));
+        let vt = self.core.vt.slice(s![..k, ..]).dot(&self.qb.t());
+        Svd { u, s: self.core.s.slice(s![..k]).to_owned(), vt }
+    }
 }
 
 /// Parameters of the randomized SVD.

@@ -7,7 +7,7 @@
 use ndarray::{s, Array2, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
-use crate::linalg::{complete_rows, lowrank_svd, quantile, randomized_svd, RsvdParams, Svd};
+use crate::linalg::{complete_rows, quantile, randomized_svd, LowRankCore, RsvdParams, Svd};
 use crate::rank::{padded_singular_values, select_rank, ModuleStats, RankRule};
 
 /// Scratch buffers reused across modules by [`svd_merge_factors`] and [`clamp_factors`].
@@ -107,8 +107,8 @@ pub fn resize_factors(
     if old_rank == 0 {
         return Err(Error::shape(tensor, "rank 0 module"));
     }
-    let svd = lowrank_svd(up, down, tensor)?;
-    let full = padded_singular_values(svd.s.as_slice().unwrap_or(&svd.s.to_vec()), out.min(n));
+    let core = LowRankCore::new(up, down, tensor)?;
+    let full = padded_singular_values(&core.singular_values().to_vec(), out.min(n));
     let rank = select_rank(&full, rule, max_rank);
     let alpha = match alpha {
         // torch: f32 tensor alpha / int rank → f32; times int rank → f32.
@@ -117,7 +117,7 @@ pub fn resize_factors(
     };
     let stats = ModuleStats::new(&full, rank);
     let k = rank.min(out.min(n));
-    let factors = factors_from_svd(&svd, k, out, n, tensor)?;
+    let factors = factors_from_svd(&core.svd(k), k, out, n, tensor)?;
     Ok(Resized { factors, alpha, rank, stats })
 }
 
@@ -178,11 +178,11 @@ pub fn svd_merge_factors(
         down_stack.slice_mut(s![at..at + r, ..]).assign(&inp.down);
         at += r;
     }
-    let svd = lowrank_svd(up_stack.view(), down_stack.view(), tensor);
+    let k = rank.min(out.min(n));
+    let core = LowRankCore::new(up_stack.view(), down_stack.view(), tensor);
     ws.up_stack = up_stack.into_raw_vec_and_offset().0;
     ws.down_stack = down_stack.into_raw_vec_and_offset().0;
-    let svd = svd?;
-    let k = rank.min(out.min(n));
+    let svd = core?.svd(k);
     let mut f = factors_from_svd(&svd, k, out, n, tensor)?;
     if let Some(q) = clamp_quantile {
         clamp_factors(&mut f, q, ws);
