@@ -591,13 +591,13 @@ impl Graph {
     pub fn sum(&mut self, x: Var) -> Result<Var> {
         let [xt] = self.vals([x])?;
         let y = ops::sum(&xt)?;
-        let (shape, dt) = (xt.shape().to_vec(), xt.dtype());
+        let (shape, dt, dev) = (xt.shape().to_vec(), xt.dtype(), xt.device());
         Ok(self.push(
             y,
             vec![x],
             Box::new(move |dy, _| {
                 let g = dy.scalar_value()?;
-                Ok(vec![Some(Tensor::full(&shape, g, dt))])
+                Ok(vec![Some(Tensor::full(&shape, g, dt).to_device(&dev)?)])
             }),
         ))
     }

@@ -37,19 +37,24 @@ fn cdt(ts: &[&Tensor]) -> DType {
     }
 }
 
-fn cpu_only(op: &str, ts: &[&Tensor]) -> Result<()> {
-    for t in ts {
-        if !t.device().is_cpu() {
-            return Err(Error::Device {
-                op: op.to_string(),
-                msg: format!(
-                    "tensor on {} given to the CPU path; move it with to_device or use CUDA tensors throughout",
-                    t.device()
-                ),
-            });
-        }
-    }
-    Ok(())
+/// True when all tensors are on one CUDA device, false when all are on the CPU, an error when mixed.
+fn on_cuda(op: &str, ts: &[&Tensor]) -> Result<bool> {
+    Ok(!same_device(op, ts)?.is_cpu())
+}
+
+/// Runs `body` on host copies of `ts` and uploads the result (ops without a CUDA kernel path).
+macro_rules! host {
+    ($ts:expr, |$h:ident| $body:expr) => {
+        crate::cuda::ops::host1($ts, |$h: &[Tensor]| $body)
+    };
+}
+
+fn ones_on(n: usize, like: &Tensor) -> Result<Tensor> {
+    Tensor::ones(&[n], DType::F32).to_device(&like.device())
+}
+
+fn zeros_on(n: usize, like: &Tensor) -> Result<Tensor> {
+    Tensor::zeros(&[n], DType::F32).to_device(&like.device())
 }
 
 fn same_device(op: &str, ts: &[&Tensor]) -> Result<crate::Device> {
@@ -426,7 +431,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: Conv2dCfg) -> Res
     }
     let mut ts = vec![x, w];
     ts.extend(b);
-    cpu_only("conv2d", &ts)?;
+    if on_cuda("conv2d", &ts)? {
+        return crate::cuda::ops::conv2d(x, w, b, &g);
+    }
     with_real!(cdt(&ts), T, {
         let (xd, wd) = (x.cpu_data::<T>()?, w.cpu_data::<T>()?);
         let bd = b.map(|b| b.cpu_data::<T>()).transpose()?;
@@ -454,7 +461,9 @@ pub fn conv2d_backward(
             ),
         ));
     }
-    cpu_only("conv2d_backward", &[x, w, dy])?;
+    if on_cuda("conv2d_backward", &[x, w, dy])? {
+        return crate::cuda::ops::conv2d_backward(x, w, dy, cfg, need);
+    }
     with_real!(cdt(&[x, w, dy]), T, {
         let (xd, wd, gd) = (x.cpu_data::<T>()?, w.cpu_data::<T>()?, dy.cpu_data::<T>()?);
         let (dx, dw, db) = cpu::conv2d_bwd(&xd, &wd, &gd, &g, need[0], need[1], need[2]);
@@ -512,7 +521,17 @@ pub fn group_norm(
     let mut ts = vec![x];
     ts.extend(gamma);
     ts.extend(beta);
-    cpu_only("group_norm", &ts)?;
+    if on_cuda("group_norm", &ts)? {
+        let g = match gamma {
+            Some(g) => g.clone(),
+            None => ones_on(c, x)?,
+        };
+        let b = match beta {
+            Some(b) => b.clone(),
+            None => zeros_on(c, x)?,
+        };
+        return crate::cuda::ops::group_norm(x, groups, &g, &b, eps);
+    }
     with_real!(cdt(&ts), T, {
         let xd = x.cpu_data::<T>()?;
         let gd = gamma.map(|t| t.cpu_data::<T>()).transpose()?;
@@ -547,7 +566,13 @@ pub fn group_norm_backward(
     }
     let (n, c) = (xs[0], xs[1]);
     let s: usize = xs[2..].iter().product();
-    cpu_only("group_norm_backward", &[x, dy])?;
+    if on_cuda("group_norm_backward", &[x, dy])? {
+        let g = match gamma {
+            Some(g) => g.clone(),
+            None => ones_on(c, x)?,
+        };
+        return crate::cuda::ops::group_norm_backward(x, groups, &g, stats, dy);
+    }
     with_real!(cdt(&[x, dy, &stats.mean]), T, {
         let (xd, g) = (x.cpu_data::<T>()?, dy.cpu_data::<T>()?);
         let (m, r) = (stats.mean.cpu_data::<T>()?, stats.rstd.cpu_data::<T>()?);
@@ -579,7 +604,17 @@ pub fn layer_norm(
     let mut ts = vec![x];
     ts.extend(gamma);
     ts.extend(beta);
-    cpu_only("layer_norm", &ts)?;
+    if on_cuda("layer_norm", &ts)? {
+        let g = match gamma {
+            Some(g) => g.clone(),
+            None => ones_on(d, x)?,
+        };
+        let b = match beta {
+            Some(b) => b.clone(),
+            None => zeros_on(d, x)?,
+        };
+        return crate::cuda::ops::layer_norm(x, &g, &b, eps);
+    }
     with_real!(cdt(&ts), T, {
         let xd = x.cpu_data::<T>()?;
         let gd = gamma.map(|t| t.cpu_data::<T>()).transpose()?;
@@ -611,7 +646,13 @@ pub fn layer_norm_backward(
     }
     let d = xs[xs.len() - 1];
     let rows = x.numel() / d.max(1);
-    cpu_only("layer_norm_backward", &[x, dy])?;
+    if on_cuda("layer_norm_backward", &[x, dy])? {
+        let g = match gamma {
+            Some(g) => g.clone(),
+            None => ones_on(d, x)?,
+        };
+        return crate::cuda::ops::layer_norm_backward(x, &g, stats, dy);
+    }
     with_real!(cdt(&[x, dy, &stats.mean]), T, {
         let (xd, g) = (x.cpu_data::<T>()?, dy.cpu_data::<T>()?);
         let (m, r) = (stats.mean.cpu_data::<T>()?, stats.rstd.cpu_data::<T>()?);
@@ -680,7 +721,9 @@ fn act_df<T: Real>(a: Activation, x: T) -> T {
 
 /// Applies an activation elementwise.
 pub fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
-    cpu_only("activation", &[x])?;
+    if on_cuda("activation", &[x])? {
+        return crate::cuda::ops::activation(x, a);
+    }
     with_real!(cdt(&[x]), T, {
         let xd = x.cpu_data::<T>()?;
         Ok(out(cpu::map(&xd, |v| act_f(a, v)), x.shape(), x))
@@ -695,7 +738,9 @@ pub fn activation_backward(x: &Tensor, dy: &Tensor, a: Activation) -> Result<Ten
             format!("{:?} vs {:?}", x.shape(), dy.shape()),
         ));
     }
-    cpu_only("activation_backward", &[x, dy])?;
+    if on_cuda("activation_backward", &[x, dy])? {
+        return crate::cuda::ops::activation_backward(x, dy, a);
+    }
     with_real!(cdt(&[x, dy]), T, {
         let (xd, g) = (x.cpu_data::<T>()?, dy.cpu_data::<T>()?);
         Ok(out(
@@ -722,7 +767,9 @@ fn geglu_dims(x: &Tensor) -> Result<(usize, usize, Vec<usize>)> {
 /// GEGLU: `x [..., 2D]` split into `(h, gate)` along the last axis; `y = h·gelu(gate)` (diffusers' order).
 pub fn geglu(x: &Tensor) -> Result<Tensor> {
     let (rows, d, os) = geglu_dims(x)?;
-    cpu_only("geglu", &[x])?;
+    if on_cuda("geglu", &[x])? {
+        return host!(&[x], |h| geglu(&h[0]));
+    }
     with_real!(cdt(&[x]), T, {
         let xd = x.cpu_data::<T>()?;
         let mut y = vec![T::ZERO; rows * d];
@@ -744,7 +791,9 @@ pub fn geglu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
             format!("gradient {:?} for output {os:?}", dy.shape()),
         ));
     }
-    cpu_only("geglu_backward", &[x, dy])?;
+    if on_cuda("geglu_backward", &[x, dy])? {
+        return host!(&[x, dy], |h| geglu_backward(&h[0], &h[1]));
+    }
     with_real!(cdt(&[x, dy]), T, {
         let (xd, g) = (x.cpu_data::<T>()?, dy.cpu_data::<T>()?);
         let mut dx = vec![T::ZERO; x.numel()];
@@ -765,7 +814,9 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
         .shape()
         .last()
         .ok_or_else(|| shape_err("softmax", "scalar input"))?;
-    cpu_only("softmax", &[x])?;
+    if on_cuda("softmax", &[x])? && d > 0 {
+        return crate::cuda::ops::softmax(x);
+    }
     if d == 0 {
         return Ok(x.clone());
     }
@@ -784,7 +835,9 @@ pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
             format!("{:?} vs {:?}", y.shape(), dy.shape()),
         ));
     }
-    cpu_only("softmax_backward", &[y, dy])?;
+    if on_cuda("softmax_backward", &[y, dy])? && y.numel() > 0 {
+        return crate::cuda::ops::softmax_backward(y, dy);
+    }
     let d = y.shape()[y.rank() - 1];
     if d == 0 {
         return Ok(dy.clone());
@@ -835,7 +888,9 @@ fn attn_geom(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Re
 /// (e.g. `[B, H, L, D]`; self-attention when k/v come from q's sequence, cross-attention otherwise).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
     let g = attn_geom(q, k, v, scale, causal)?;
-    cpu_only("attention", &[q, k, v])?;
+    if on_cuda("attention", &[q, k, v])? {
+        return Ok(crate::cuda::ops::attention(q, k, v, &g)?.0);
+    }
     with_real!(cdt(&[q, k, v]), T, {
         let o = cpu::attention_fwd(
             &*q.cpu_data::<T>()?,
@@ -865,7 +920,9 @@ pub fn attention_backward(
             format!("gradient {:?}", d_o.shape()),
         ));
     }
-    cpu_only("attention_backward", &[q, k, v, d_o])?;
+    if on_cuda("attention_backward", &[q, k, v, d_o])? {
+        return crate::cuda::ops::attention_backward(q, k, v, d_o, &g);
+    }
     with_real!(cdt(&[q, k, v, d_o]), T, {
         let (dq, dk, dv) = cpu::attention_bwd(
             &*q.cpu_data::<T>()?,
@@ -894,7 +951,9 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
             format!("input {xs:?} is not NCHW"),
         ));
     }
-    cpu_only("upsample_nearest2x", &[x])?;
+    if on_cuda("upsample_nearest2x", &[x])? {
+        return host!(&[x], |h| upsample_nearest2x(&h[0]));
+    }
     with_real!(cdt(&[x]), T, {
         let y = cpu::upsample2x(&*x.cpu_data::<T>()?, xs[0] * xs[1], xs[2], xs[3]);
         Ok(out(y, &[xs[0], xs[1], 2 * xs[2], 2 * xs[3]], x))
@@ -910,7 +969,9 @@ pub fn upsample_nearest2x_backward(dy: &Tensor, x_shape: &[usize]) -> Result<Ten
             format!("gradient {:?} for input {x_shape:?}", dy.shape()),
         ));
     }
-    cpu_only("upsample_nearest2x_backward", &[dy])?;
+    if on_cuda("upsample_nearest2x_backward", &[dy])? {
+        return host!(&[dy], |h| upsample_nearest2x_backward(&h[0], x_shape));
+    }
     with_real!(cdt(&[dy]), T, {
         let dx = cpu::upsample2x_bwd(
             &*dy.cpu_data::<T>()?,
@@ -940,7 +1001,9 @@ pub fn concat(ts: &[&Tensor], axis: usize) -> Result<Tensor> {
             ));
         }
     }
-    cpu_only("concat", ts)?;
+    if on_cuda("concat", ts)? {
+        return host!(ts, |h| concat(&h.iter().collect::<Vec<_>>(), axis));
+    }
     let outer: usize = s0[..axis].iter().product();
     let inner: usize = s0[axis + 1..].iter().product();
     let sizes: Vec<usize> = ts.iter().map(|t| t.shape()[axis]).collect();
@@ -966,7 +1029,13 @@ pub fn split(x: &Tensor, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
             format!("sizes {sizes:?} along axis {axis} of {xs:?}"),
         ));
     }
-    cpu_only("split", &[x])?;
+    if on_cuda("split", &[x])? {
+        let dev = x.device();
+        return split(&x.to_device(&crate::Device::Cpu)?, axis, sizes)?
+            .into_iter()
+            .map(|t| t.to_device(&dev))
+            .collect();
+    }
     let outer: usize = xs[..axis].iter().product();
     let inner: usize = xs[axis + 1..].iter().product();
     with_real!(cdt(&[x]), T, {
@@ -997,7 +1066,9 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
             format!("{perm:?} is not a permutation of the axes of {xs:?}"),
         ));
     }
-    cpu_only("permute", &[x])?;
+    if on_cuda("permute", &[x])? {
+        return host!(&[x], |h| permute(&h[0], perm));
+    }
     with_real!(cdt(&[x]), T, {
         let y = cpu::permute(&*x.cpu_data::<T>()?, xs, perm);
         let os: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
@@ -1029,7 +1100,9 @@ pub fn embedding(table: &Tensor, ids: &[usize]) -> Result<Tensor> {
             format!("id {bad} out of range for table of {} rows", ts[0]),
         ));
     }
-    cpu_only("embedding", &[table])?;
+    if on_cuda("embedding", &[table])? {
+        return host!(&[table], |h| embedding(&h[0], ids));
+    }
     let d = ts[1];
     with_real!(cdt(&[table]), T, {
         let t = table.cpu_data::<T>()?;
@@ -1052,7 +1125,9 @@ pub fn embedding_backward(table_shape: &[usize], ids: &[usize], dy: &Tensor) -> 
             format!("gradient {:?} for table {table_shape:?}", dy.shape()),
         ));
     }
-    cpu_only("embedding_backward", &[dy])?;
+    if on_cuda("embedding_backward", &[dy])? {
+        return host!(&[dy], |h| embedding_backward(table_shape, ids, &h[0]));
+    }
     let d = table_shape[1];
     with_real!(cdt(&[dy]), T, {
         let g = dy.cpu_data::<T>()?;
@@ -1092,7 +1167,9 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
             format!("{:?} and {:?} do not broadcast", a.shape(), b.shape()),
         )
     })?;
-    cpu_only("binary", &[a, b])?;
+    if on_cuda("binary", &[a, b])? {
+        return crate::cuda::ops::binary(a, b, op, &os);
+    }
     with_real!(cdt(&[a, b]), T, {
         let (ad, bd) = (a.cpu_data::<T>()?, b.cpu_data::<T>()?);
         let y = match op {
@@ -1118,7 +1195,9 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
             format!("{:?} is not a broadcast of {shape:?}", g.shape()),
         ));
     }
-    cpu_only("sum_to", &[g])?;
+    if on_cuda("sum_to", &[g])? {
+        return host!(&[g], |h| sum_to(&h[0], shape));
+    }
     with_real!(cdt(&[g]), T, {
         let r = cpu::sum_to_shape(&*g.cpu_data::<T>()?, g.shape(), shape);
         Ok(out(r, shape, g))
@@ -1157,7 +1236,9 @@ pub fn binary_backward(
 
 /// `x·s` for a scalar `s`.
 pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
-    cpu_only("scale", &[x])?;
+    if on_cuda("scale", &[x])? {
+        return crate::cuda::ops::scale(x, s);
+    }
     with_real!(cdt(&[x]), T, {
         let sv = T::from_f64(s);
         Ok(out(
@@ -1176,7 +1257,9 @@ pub fn axpy(a: &Tensor, b: &Tensor, s: f64) -> Result<Tensor> {
             format!("{:?} vs {:?}", a.shape(), b.shape()),
         ));
     }
-    cpu_only("axpy", &[a, b])?;
+    if on_cuda("axpy", &[a, b])? {
+        return crate::cuda::ops::axpby(a, b, 1.0, s as f32);
+    }
     with_real!(cdt(&[a, b]), T, {
         let sv = T::from_f64(s);
         Ok(out(
@@ -1191,7 +1274,9 @@ pub fn axpy(a: &Tensor, b: &Tensor, s: f64) -> Result<Tensor> {
 
 /// Sum of all elements, as a 0-dimensional tensor (f32, or f64 for f64 input).
 pub fn sum(x: &Tensor) -> Result<Tensor> {
-    cpu_only("sum", &[x])?;
+    if on_cuda("sum", &[x])? {
+        return crate::cuda::ops::sum(x);
+    }
     with_real!(cdt(&[x]), T, {
         let s = cpu::sum(&*x.cpu_data::<T>()?);
         Ok(Tensor::from_real(vec![s], vec![], T::DTYPE))
@@ -1215,7 +1300,9 @@ pub fn mean_over(x: &Tensor, from_axis: usize) -> Result<Tensor> {
         ));
     }
     let inner: usize = xs[from_axis..].iter().product();
-    cpu_only("mean_over", &[x])?;
+    if on_cuda("mean_over", &[x])? {
+        return host!(&[x], |h| mean_over(&h[0], from_axis));
+    }
     with_real!(cdt(&[x]), T, {
         let d = x.cpu_data::<T>()?;
         let inv = 1.0 / inner.max(1) as f64;
@@ -1239,7 +1326,9 @@ pub fn mean_over_backward(dy: &Tensor, x_shape: &[usize], from_axis: usize) -> R
         ));
     }
     let inner: usize = x_shape[from_axis..].iter().product();
-    cpu_only("mean_over_backward", &[dy])?;
+    if on_cuda("mean_over_backward", &[dy])? {
+        return host!(&[dy], |h| mean_over_backward(&h[0], x_shape, from_axis));
+    }
     with_real!(cdt(&[dy]), T, {
         let g = dy.cpu_data::<T>()?;
         let inv = T::from_f64(1.0 / inner.max(1) as f64);
@@ -1259,7 +1348,9 @@ pub fn mse_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             format!("prediction {:?} vs target {:?}", a.shape(), b.shape()),
         ));
     }
-    cpu_only("mse_loss", &[a, b])?;
+    if on_cuda("mse_loss", &[a, b])? {
+        return crate::cuda::ops::mse_loss(a, b);
+    }
     with_real!(cdt(&[a, b]), T, {
         let (ad, bd) = (a.cpu_data::<T>()?, b.cpu_data::<T>()?);
         let sq = cpu::zip_map(&ad, &bd, |x, y| (x - y) * (x - y));
@@ -1270,7 +1361,12 @@ pub fn mse_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// Gradients of [`mse_loss`] given the upstream scalar gradient `dl`: `(da, db)`.
 pub fn mse_loss_backward(a: &Tensor, b: &Tensor, dl: f64) -> Result<(Tensor, Tensor)> {
-    cpu_only("mse_loss_backward", &[a, b])?;
+    if on_cuda("mse_loss_backward", &[a, b])? {
+        let k = (2.0 * dl / a.numel().max(1) as f64) as f32;
+        let da = crate::cuda::ops::axpby(a, b, k, -k)?;
+        let db = crate::cuda::ops::scale(&da, -1.0)?.to_dtype(b.dtype())?;
+        return Ok((da, db));
+    }
     with_real!(cdt(&[a, b]), T, {
         let k = T::from_f64(2.0 * dl / a.numel().max(1) as f64);
         let da = cpu::zip_map(&*a.cpu_data::<T>()?, &*b.cpu_data::<T>()?, |x, y| {

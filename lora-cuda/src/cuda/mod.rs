@@ -206,8 +206,13 @@ pub(crate) fn download(c: &CudaStorage) -> Result<Storage> {
     })
 }
 
-/// Converts the element type of device storage (through the host; casts are rare outside set-up).
+/// Converts the element type of device storage with the cast kernels (f64 through the host).
 pub(crate) fn cast(c: &CudaStorage, dtype: DType) -> Result<CudaStorage> {
+    ops::cast(c, dtype)
+}
+
+/// Converts the element type of device storage through the host (f64, which has no kernel).
+pub(crate) fn cast_via_host(c: &CudaStorage, dtype: DType) -> Result<CudaStorage> {
     let host = crate::tensor::Tensor::from_storage(vec![c.len], download(c)?);
     let t = host.to_dtype(dtype)?;
     upload(c.ordinal, &t.storage)
