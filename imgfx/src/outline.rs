@@ -140,7 +140,8 @@ fn xdog(luma: &Plane, p: &OutlineParams) -> Vec<f32> {
             if u >= p.epsilon {
                 1.0
             } else {
-                (1.0 + (p.phi * (u - p.epsilon)).tanh()).max(0.0)
+                // 1 + tanh(z) = 2 / (1 + e^(−2z)); expf is much cheaper than tanhf
+                2.0 / (1.0 + (-2.0 * p.phi * (u - p.epsilon)).exp())
             }
         })
         .collect()
@@ -148,68 +149,71 @@ fn xdog(luma: &Plane, p: &OutlineParams) -> Vec<f32> {
 
 /// OpenCV's Canny on a luma image: a boolean edge mask.
 pub(crate) fn canny(luma: &[u8], w: usize, h: usize, low: f32, high: f32) -> Vec<bool> {
-    // 3×3 Sobel with replicated borders, as cv::Canny does.
-    let at = |x: isize, y: isize| -> i32 {
-        let x = x.clamp(0, w as isize - 1) as usize;
-        let y = y.clamp(0, h as isize - 1) as usize;
-        luma[y * w + x] as i32
-    };
-    let mut dx = vec![0i32; w * h];
-    let mut dy = vec![0i32; w * h];
-    let mut mag = vec![0i32; w * h];
+    // Luma padded by one replicated pixel on every side (cv::Canny's Sobel uses BORDER_REPLICATE).
+    let (pw, ph) = (w + 2, h + 2);
+    let mut pad = vec![0i16; pw * ph];
+    for py in 0..ph {
+        let sy = py.saturating_sub(1).min(h - 1);
+        let row = &luma[sy * w..][..w];
+        let prow = &mut pad[py * pw..][..pw];
+        prow[0] = row[0] as i16;
+        for (d, &v) in prow[1..=w].iter_mut().zip(row) {
+            *d = v as i16;
+        }
+        prow[w + 1] = row[w - 1] as i16;
+    }
+    // 3×3 Sobel and the L1 magnitude; the magnitude buffer has a zero border for the suppression step.
+    let mut dx = vec![0i16; w * h];
+    let mut dy = vec![0i16; w * h];
+    let mut mag = vec![0i32; pw * ph];
     dx.par_chunks_mut(w)
         .zip(dy.par_chunks_mut(w))
-        .zip(mag.par_chunks_mut(w))
+        .zip(mag[pw..pw * (h + 1)].par_chunks_mut(pw))
         .enumerate()
         .for_each(|(y, ((rx, ry), rm))| {
-            let y = y as isize;
+            let (a, b, c) = (
+                &pad[y * pw..][..pw],
+                &pad[(y + 1) * pw..][..pw],
+                &pad[(y + 2) * pw..][..pw],
+            );
+            let rm = &mut rm[1..=w];
             for x in 0..w {
-                let xi = x as isize;
-                let gx = (at(xi + 1, y - 1) + 2 * at(xi + 1, y) + at(xi + 1, y + 1))
-                    - (at(xi - 1, y - 1) + 2 * at(xi - 1, y) + at(xi - 1, y + 1));
-                let gy = (at(xi - 1, y + 1) + 2 * at(xi, y + 1) + at(xi + 1, y + 1))
-                    - (at(xi - 1, y - 1) + 2 * at(xi, y - 1) + at(xi + 1, y - 1));
+                let gx = (a[x + 2] + 2 * b[x + 2] + c[x + 2]) - (a[x] + 2 * b[x] + c[x]);
+                let gy = (c[x] + 2 * c[x + 1] + c[x + 2]) - (a[x] + 2 * a[x + 1] + a[x + 2]);
                 rx[x] = gx;
                 ry[x] = gy;
-                rm[x] = gx.abs() + gy.abs();
+                rm[x] = gx.unsigned_abs() as i32 + gy.unsigned_abs() as i32;
             }
         });
     // OpenCV (L1 gradient): integer thresholds by floor.
     let low = low.floor() as i32;
     let high = (high.floor() as i32).max(low);
-    let m = |x: isize, y: isize| -> i32 {
-        if x < 0 || y < 0 || x >= w as isize || y >= h as isize {
-            0
-        } else {
-            mag[y as usize * w + x as usize]
-        }
-    };
     // 0 = not an edge, 1 = weak candidate, 2 = strong edge.
     const TG22: i64 = 13573; // tan(22.5°)·2^15
     let mut state = vec![0u8; w * h];
     state.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
-        let yi = y as isize;
+        let (up, mid, down) = (
+            &mag[y * pw..][..pw],
+            &mag[(y + 1) * pw..][..pw],
+            &mag[(y + 2) * pw..][..pw],
+        );
         for x in 0..w {
-            let xi = x as isize;
-            let i = y * w + x;
-            let v = mag[i];
+            let v = mid[x + 1];
             if v <= low {
                 continue;
             }
-            let (gx, gy) = (dx[i] as i64, dy[i] as i64);
+            let (gx, gy) = (dx[y * w + x] as i64, dy[y * w + x] as i64);
             let ax = gx.abs();
             let ay = gy.abs() << 15;
             let tg22x = ax * TG22;
             let is_max = if ay < tg22x {
-                v > m(xi - 1, yi) && v >= m(xi + 1, yi)
+                v > mid[x] && v >= mid[x + 2]
+            } else if ay > tg22x + (ax << 16) {
+                v > up[x + 1] && v >= down[x + 1]
+            } else if (gx ^ gy) < 0 {
+                v > up[x + 2] && v > down[x]
             } else {
-                let tg67x = tg22x + (ax << 16);
-                if ay > tg67x {
-                    v > m(xi, yi - 1) && v >= m(xi, yi + 1)
-                } else {
-                    let s: isize = if (gx ^ gy) < 0 { -1 } else { 1 };
-                    v > m(xi - s, yi - 1) && v > m(xi + s, yi + 1)
-                }
+                v > up[x] && v > down[x + 2]
             };
             if is_max {
                 row[x] = if v > high { 2 } else { 1 };
@@ -219,14 +223,10 @@ pub(crate) fn canny(luma: &[u8], w: usize, h: usize, low: f32, high: f32) -> Vec
     // Hysteresis: weak pixels 8-connected to strong ones become edges.
     let mut stack: Vec<usize> = (0..w * h).filter(|&i| state[i] == 2).collect();
     while let Some(i) = stack.pop() {
-        let (x, y) = ((i % w) as isize, (i / w) as isize);
-        for dy in -1..=1 {
-            for dxx in -1..=1 {
-                let (nx, ny) = (x + dxx, y + dy);
-                if nx < 0 || ny < 0 || nx >= w as isize || ny >= h as isize {
-                    continue;
-                }
-                let j = ny as usize * w + nx as usize;
+        let (x, y) = (i % w, i / w);
+        for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
+            for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
+                let j = ny * w + nx;
                 if state[j] == 1 {
                     state[j] = 2;
                     stack.push(j);
@@ -266,9 +266,17 @@ fn min_filter(t: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
 /// The line map `T` (0 = line, 1 = none) of an 8-bit image, before thickening.
 pub fn line_map(img: &DynamicImage, p: &OutlineParams) -> Result<Vec<f32>> {
     p.validate()?;
-    let mut src = img.clone();
-    make_8bit(&mut src);
-    let s = samples(&src).expect("8-bit");
+    let converted;
+    let src = match samples(img) {
+        Some(_) => img,
+        None => {
+            let mut c = img.clone();
+            make_8bit(&mut c);
+            converted = c;
+            &converted
+        }
+    };
+    let s = samples(src).expect("8-bit");
     let (w, h) = (s.width, s.height);
     let luma = s.luma();
     Ok(match p.method {
@@ -317,7 +325,11 @@ pub fn outline_in_place(img: &mut DynamicImage, p: &OutlineParams) -> Result<()>
     make_8bit(img);
     let t = line_map(img, p)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let t = min_filter(&t, w, h, (p.thickness - 1) as usize);
+    let t = if p.thickness > 1 {
+        min_filter(&t, w, h, (p.thickness - 1) as usize)
+    } else {
+        t
+    };
     let s = samples_mut(img);
     let (cn, colour) = (s.channels, s.colour);
     let strength = p.strength;
@@ -328,7 +340,8 @@ pub fn outline_in_place(img: &mut DynamicImage, p: &OutlineParams) -> Result<()>
             for (px, &tv) in row.chunks_exact_mut(cn).zip(trow) {
                 let f = 1.0 - strength * (1.0 - tv.clamp(0.0, 1.0));
                 for v in &mut px[..colour] {
-                    *v = (*v as f32 * f).round().clamp(0.0, 255.0) as u8;
+                    // f in [0, 1]: v·f + 0.5 lies in [0, 255.5]; truncating rounds half up, no libm call
+                    *v = (*v as f32 * f + 0.5) as u8;
                 }
             }
         });
