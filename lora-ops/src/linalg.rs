@@ -3,7 +3,7 @@
 //!
 //! Everything is `f32`, as in the reference tools. All SVDs are thin (`SVDDC` with `JobSvd::Some`).
 
-use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, Axis, ShapeBuilder};
 use ndarray_linalg::{JobSvd, QRInto, SVDDCInto};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -77,7 +77,11 @@ pub fn dense_svd(a: ArrayView2<f32>, tensor: &str) -> Result<Svd> {
 
 /// Thin QR `a = Q·R` (`Q: m × min(m,n)`, `R: min(m,n) × n`).
 pub fn thin_qr(a: ArrayView2<f32>, tensor: &str) -> Result<(Array2<f32>, Array2<f32>)> {
-    a.to_owned().qr_into().map_err(|e| Error::linalg(tensor, "qr", e))
+    // Column-major (LAPACK's own layout): a row-major input is factorised through its transpose, which
+    // for tall-skinny matrices is about 4x slower (measured on SD1 factors).
+    let mut f = Array2::zeros(a.raw_dim().f());
+    f.assign(&a);
+    f.qr_into().map_err(|e| Error::linalg(tensor, "qr", e))
 }
 
 /// Exact SVD of the product `up · down` (`up: m × r`, `down: r × n`) without forming the `m × n` matrix.
