@@ -11,6 +11,7 @@ use std::io::Cursor;
 
 use image::DynamicImage;
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+use rayon::prelude::*;
 
 use crate::pixels::{make_8bit, samples_mut};
 use crate::{Error, Result};
@@ -198,6 +199,57 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<DynamicImage> {
         .map_err(|e| Error::Jpeg(e.to_string()))
 }
 
+/// Rows per strip of the parallel round trip (a multiple of 16, the 4:2:0 MCU height).
+const STRIP: usize = 256;
+/// Context rows encoded above and below each strip, so that the decoder's chroma upsampling sees the same
+/// neighbours as in a whole-image round trip.
+const MARGIN: usize = 16;
+
+/// One encode/decode round trip of packed samples. Tall images are cut into strips of [`STRIP`] rows that
+/// are encoded and decoded in parallel, each with [`MARGIN`] rows of context: JPEG blocks are local and the
+/// strips are MCU-aligned, so the result is identical to a whole-image round trip (tested), whatever the
+/// number of threads.
+fn round_trip(data: &[u8], w: usize, h: usize, cn: usize, p: &JpegParams) -> Result<Vec<u8>> {
+    let whole = |data: &[u8], rows: usize| -> Result<Vec<u8>> {
+        let bytes = encode_jpeg(data, w as u32, rows as u32, cn, p)?;
+        let dec = decode_jpeg(&bytes)?;
+        let out = if cn == 1 {
+            dec.into_luma8().into_raw()
+        } else {
+            dec.into_rgb8().into_raw()
+        };
+        if out.len() != w * rows * cn {
+            return Err(Error::Jpeg(format!(
+                "decoded {} samples, expected {}",
+                out.len(),
+                w * rows * cn
+            )));
+        }
+        Ok(out)
+    };
+    if h <= STRIP + 2 * MARGIN {
+        return whole(data, h);
+    }
+    let row = w * cn;
+    let strips: Vec<(usize, usize)> = (0..h)
+        .step_by(STRIP)
+        .map(|s| (s, (s + STRIP).min(h)))
+        .collect();
+    let parts: Vec<Result<Vec<u8>>> = strips
+        .par_iter()
+        .map(|&(start, end)| {
+            let (lo, hi) = (start.saturating_sub(MARGIN), (end + MARGIN).min(h));
+            let dec = whole(&data[lo * row..hi * row], hi - lo)?;
+            Ok(dec[(start - lo) * row..(end - lo) * row].to_vec())
+        })
+        .collect();
+    let mut out = Vec::with_capacity(data.len());
+    for part in parts {
+        out.extend_from_slice(&part?);
+    }
+    Ok(out)
+}
+
 /// JPEG noise in place: encode and decode `passes` times at `quality`. Alpha is kept.
 pub fn jpeg_noise_in_place(img: &mut DynamicImage, p: &JpegParams) -> Result<()> {
     p.validate()?;
@@ -215,13 +267,7 @@ pub fn jpeg_noise_in_place(img: &mut DynamicImage, p: &JpegParams) -> Result<()>
             .collect()
     };
     for _ in 0..p.passes {
-        let bytes = encode_jpeg(&colour_data, w as u32, h as u32, colour, p)?;
-        let dec = decode_jpeg(&bytes)?;
-        colour_data = if colour == 1 {
-            dec.into_luma8().into_raw()
-        } else {
-            dec.into_rgb8().into_raw()
-        };
+        colour_data = round_trip(&colour_data, w, h, colour, p)?;
     }
     let s = samples_mut(img);
     for (px, c) in s
@@ -239,4 +285,68 @@ pub fn jpeg_noise(img: &DynamicImage, p: &JpegParams) -> Result<DynamicImage> {
     let mut out = img.clone();
     jpeg_noise_in_place(&mut out, p)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_equal_a_whole_image_round_trip() {
+        for (w, h, cn, sub) in [
+            (40usize, 700usize, 3usize, Subsampling::S420),
+            (33, 613, 3, Subsampling::S422),
+            (21, 300, 1, Subsampling::S420),
+        ] {
+            let data: Vec<u8> = (0..w * h * cn)
+                .map(|i| ((i * 37 + (i / (w * cn)) * 11) % 251) as u8)
+                .collect();
+            let p = JpegParams {
+                quality: 20,
+                subsampling: sub,
+                passes: 1,
+            };
+            let strips = round_trip(&data, w, h, cn, &p).unwrap();
+            let bytes = encode_jpeg(&data, w as u32, h as u32, cn, &p).unwrap();
+            let dec = decode_jpeg(&bytes).unwrap();
+            let whole = if cn == 1 {
+                dec.into_luma8().into_raw()
+            } else {
+                dec.into_rgb8().into_raw()
+            };
+            assert!(
+                strips == whole,
+                "{w}x{h}x{cn} {sub:?}: strip round trip differs"
+            );
+        }
+    }
+
+    #[test]
+    fn quality_and_passes_are_checked() {
+        let img = DynamicImage::new_rgb8(8, 8);
+        assert!(jpeg_noise(
+            &img,
+            &JpegParams {
+                quality: 0,
+                ..Default::default()
+            }
+        )
+        .is_err());
+        assert!(jpeg_noise(
+            &img,
+            &JpegParams {
+                quality: 101,
+                ..Default::default()
+            }
+        )
+        .is_err());
+        assert!(jpeg_noise(
+            &img,
+            &JpegParams {
+                passes: 0,
+                ..Default::default()
+            }
+        )
+        .is_err());
+    }
 }

@@ -114,6 +114,12 @@ pub fn luma24(r: u8, g: u8, b: u8) -> u8 {
 /// Applies a 256-entry lookup table to the colour samples, leaving alpha alone.
 pub(crate) fn apply_lut(s: &mut Samples<'_>, lut: &[[u8; 256]]) {
     let (cn, colour) = (s.channels, s.colour);
+    if lut.len() == 1 && cn == colour {
+        // One table for every sample: a flat loop.
+        let t = &lut[0];
+        s.data.iter_mut().for_each(|v| *v = t[*v as usize]);
+        return;
+    }
     for px in s.data.chunks_exact_mut(cn) {
         for c in 0..colour {
             px[c] = lut[c.min(lut.len() - 1)][px[c] as usize];
