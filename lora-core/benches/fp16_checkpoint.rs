@@ -41,6 +41,35 @@ fn make_checkpoint(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
     (path, bytes)
 }
 
+/// Nanoseconds this thread has spent on a CPU (Linux), so that a figure per core can be given
+/// even when other processes share the machine.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Runs `f` a few times and prints wall and on-CPU throughput.
+fn per_core(label: &str, bytes: u64, mut f: impl FnMut()) {
+    let runs = 3;
+    let (c0, t0) = (thread_cpu_ns(), std::time::Instant::now());
+    for _ in 0..runs {
+        f();
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let gb = (bytes * runs) as f64 / 1e9;
+    match (c0, thread_cpu_ns()) {
+        (Some(a), Some(b)) => {
+            let cpu = (b - a) as f64 / 1e9;
+            println!(
+                "{label}: {:.2} GB/s wall, {:.2} GB/s per CPU-second (one thread)",
+                gb / wall,
+                gb / cpu
+            )
+        }
+        _ => println!("{label}: {:.2} GB/s wall", gb / wall),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let (path, bytes) = make_checkpoint(dir.path());
@@ -49,6 +78,21 @@ fn bench(c: &mut Criterion) {
     // Warm the page cache so the numbers measure conversion and hashing, not the disk.
     black_box(Sha256::digest(file.bytes()));
 
+    per_core("fp16 -> f32 (input bytes)", bytes, || {
+        for n in &names {
+            black_box(file.tensor_f32(n).unwrap());
+        }
+    });
+    let mut buf = Vec::new();
+    per_core("fp16 -> f32 into a reused buffer", bytes, || {
+        for n in &names {
+            black_box(file.tensor_f32_into(n, &mut buf).unwrap());
+        }
+    });
+    per_core("sha256 of the data section", bytes, || {
+        black_box(Sha256::digest(file.data_section()));
+    });
+
     let mut g = c.benchmark_group("fp16_checkpoint");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(bytes));
@@ -56,6 +100,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for n in &names {
                 black_box(file.tensor_f32(n).unwrap());
+            }
+        })
+    });
+    g.bench_function("fp16_to_f32_reused_buffer", |b| {
+        let mut buf = Vec::new();
+        b.iter(|| {
+            for n in &names {
+                black_box(file.tensor_f32_into(n, &mut buf).unwrap());
             }
         })
     });

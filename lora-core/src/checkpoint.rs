@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::dtype::{bytes_to_f32, first_non_finite, DType};
+use crate::dtype::{bytes_to_f32_checked, ConvertError, DType};
 use crate::names::{detect_checkpoint_base_model, normalize_te_key, BaseModel};
 use crate::pickle::{self, PickleError, TensorRef, Value};
 use crate::read::Backing;
@@ -183,20 +183,23 @@ impl Checkpoint {
         let raw = self.raw(name)?;
         let numel: usize = raw.shape.iter().product();
         let mut out = vec![0f32; numel];
-        if !bytes_to_f32(raw.dtype, &raw.data, &mut out) {
-            return Err(Error::UnsupportedDtype {
-                file: self.path.clone(),
-                tensor: name.into(),
-                dtype: raw.dtype.to_string(),
-            });
-        }
-        if let Some((index, value)) = first_non_finite(&out) {
-            return Err(Error::NonFinite {
-                file: self.path.clone(),
-                tensor: name.into(),
-                index,
-                value,
-            });
+        match bytes_to_f32_checked(raw.dtype, &raw.data, &mut out) {
+            Ok(()) => {}
+            Err(ConvertError::Unsupported) => {
+                return Err(Error::UnsupportedDtype {
+                    file: self.path.clone(),
+                    tensor: name.into(),
+                    dtype: raw.dtype.to_string(),
+                })
+            }
+            Err(ConvertError::NonFinite(index, value)) => {
+                return Err(Error::NonFinite {
+                    file: self.path.clone(),
+                    tensor: name.into(),
+                    index,
+                    value,
+                })
+            }
         }
         ArrayD::from_shape_vec(IxDyn(&raw.shape), out).map_err(|e| Error::BadShape {
             file: self.path.clone(),

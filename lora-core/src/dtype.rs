@@ -236,6 +236,39 @@ pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) -> bool 
     true
 }
 
+/// Why [`bytes_to_f32_checked`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ConvertError {
+    /// The dtype does not convert to f32.
+    Unsupported,
+    /// A NaN or infinity at this flat index.
+    NonFinite(usize, f32),
+}
+
+/// [`bytes_to_f32`] fused with the NaN/inf scan: converts in cache-sized chunks and checks each
+/// chunk while it is still in cache.
+pub(crate) fn bytes_to_f32_checked(
+    dtype: DType,
+    bytes: &[u8],
+    out: &mut [f32],
+) -> Result<(), ConvertError> {
+    const CHUNK: usize = 1 << 14;
+    let es = dtype.size();
+    for (ci, (bc, oc)) in bytes
+        .chunks(CHUNK * es)
+        .zip(out.chunks_mut(CHUNK))
+        .enumerate()
+    {
+        if !bytes_to_f32(dtype, bc, oc) {
+            return Err(ConvertError::Unsupported);
+        }
+        if let Some((i, v)) = first_non_finite(oc) {
+            return Err(ConvertError::NonFinite(ci * CHUNK + i, v));
+        }
+    }
+    Ok(())
+}
+
 /// 16-bit conversion in chunks: aligned input is cast in place, misaligned input is copied through
 /// a small aligned buffer so that the SIMD path of `half` is used either way.
 fn convert_halves<H: bytemuck::Pod>(

@@ -9,7 +9,7 @@ use ndarray::{ArrayD, IxDyn};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::dtype::{bytes_to_f32, first_non_finite, DType};
+use crate::dtype::{bytes_to_f32, bytes_to_f32_checked, ConvertError, DType};
 use crate::{Error, Metadata, Result};
 
 /// Largest header accepted, in bytes (the safetensors crate's own limit).
@@ -209,16 +209,36 @@ impl SafetensorsFile {
     /// `name` converted to an owned `f32` array (from F32, F16, BF16, F64, I64, I32, I16, I8, U8,
     /// BOOL), aligned or not. NaN and infinity are reported as [`Error::NonFinite`].
     pub fn tensor_f32(&self, name: &str) -> Result<ArrayD<f32>> {
-        let a = self.tensor_f32_unchecked(name)?;
-        if let Some((index, value)) = a.as_slice().and_then(first_non_finite) {
-            return Err(Error::NonFinite {
+        let mut buf = Vec::new();
+        let shape = self.tensor_f32_into(name, &mut buf)?.to_vec();
+        ArrayD::from_shape_vec(IxDyn(&shape), buf).map_err(|e| Error::BadShape {
+            file: self.path.clone(),
+            tensor: name.into(),
+            shape,
+            message: e.to_string(),
+        })
+    }
+
+    /// Like [`tensor_f32`](Self::tensor_f32), into a caller-owned buffer (resized to fit) so a loop
+    /// over a checkpoint reuses one allocation. Returns the shape.
+    pub fn tensor_f32_into(&self, name: &str, buf: &mut Vec<f32>) -> Result<&[usize]> {
+        let info = self.info(name)?;
+        let bytes = self.tensor_bytes(name)?;
+        buf.resize(info.numel(), 0.0);
+        match bytes_to_f32_checked(info.dtype, bytes, buf) {
+            Ok(()) => Ok(&info.shape),
+            Err(ConvertError::Unsupported) => Err(Error::UnsupportedDtype {
+                file: self.path.clone(),
+                tensor: name.into(),
+                dtype: info.dtype.to_string(),
+            }),
+            Err(ConvertError::NonFinite(index, value)) => Err(Error::NonFinite {
                 file: self.path.clone(),
                 tensor: name.into(),
                 index,
                 value,
-            });
+            }),
         }
-        Ok(a)
     }
 
     /// Like [`tensor_f32`](Self::tensor_f32) but passes NaN and infinity through.
