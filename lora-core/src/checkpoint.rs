@@ -395,6 +395,18 @@ fn check_extent(
             .checked_add(span)
             .ok_or_else(|| bad("shape × stride overflows".into()))?;
     }
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if numel.is_none_or(|n| n > storage_numel) {
+        // Only an expanded (stride-0) view can hold more elements than its storage; torch
+        // checkpoints of models never contain one, and refusing it bounds memory by the file size.
+        return Err(bad(format!(
+            "tensor of shape {:?} has more elements than its storage ({storage_numel})",
+            t.shape
+        )));
+    }
     if last >= storage_numel {
         return Err(bad(format!(
             "tensor reaches element {last} of a storage with {storage_numel}"

@@ -68,7 +68,7 @@ fn bad<T>(msg: impl Into<String>) -> R<T> {
     Err(PickleError::Malformed(msg.into()))
 }
 
-const MAX_MEMO: usize = 1 << 22;
+const MAX_MEMO: usize = 1 << 20;
 const MAX_STACK: usize = 1 << 20;
 
 fn lookup_global(module: &str, name: &str) -> R<Global> {

@@ -806,3 +806,20 @@ fn ckpt_legacy_format() {
     );
     assert!(matches!(ckpt_err(&p), Error::Pickle { .. }));
 }
+
+#[test]
+fn ckpt_expanded_view_larger_than_storage() {
+    let c = Case::new();
+    let p = c.dir.path().join("expand.ckpt");
+    let bytes = [0u8; 8];
+    let t = TorchTensor {
+        stride: vec![0],
+        ..one_f32_tensor(&bytes, vec![1 << 20])
+    };
+    write_torch_zip(&p, &torch_pickle(&[t], true, None), &[("0", &bytes)]);
+    let e = ckpt_err(&p);
+    assert!(
+        matches!(&e, Error::Pickle { entry, .. } if entry == "w"),
+        "{e}"
+    );
+}
