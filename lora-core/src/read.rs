@@ -5,11 +5,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, ArrayView, CowArray, IxDyn};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::dtype::{bytes_to_f32, bytes_to_f32_checked, ConvertError, DType};
+use crate::dtype::{bytes_to_f32, bytes_to_f32_checked, first_non_finite, ConvertError, DType};
 use crate::{Error, Metadata, Result};
 
 /// Largest header accepted, in bytes (the safetensors crate's own limit).
@@ -217,6 +217,33 @@ impl SafetensorsFile {
             shape,
             message: e.to_string(),
         })
+    }
+
+    /// `name` as `f32` without a copy when it is stored as aligned F32 (a view into the map),
+    /// converted otherwise. NaN and infinity are reported as [`Error::NonFinite`].
+    pub fn tensor_f32_cow(&self, name: &str) -> Result<CowArray<'_, f32, IxDyn>> {
+        let info = self.info(name)?;
+        if info.dtype == DType::F32 {
+            if let Ok(v) = bytemuck::try_cast_slice::<u8, f32>(self.tensor_bytes(name)?) {
+                if let Some((index, value)) = first_non_finite(v) {
+                    return Err(Error::NonFinite {
+                        file: self.path.clone(),
+                        tensor: name.into(),
+                        index,
+                        value,
+                    });
+                }
+                let view =
+                    ArrayView::from_shape(IxDyn(&info.shape), v).map_err(|e| Error::BadShape {
+                        file: self.path.clone(),
+                        tensor: name.into(),
+                        shape: info.shape.clone(),
+                        message: e.to_string(),
+                    })?;
+                return Ok(CowArray::from(view));
+            }
+        }
+        Ok(CowArray::from(self.tensor_f32(name)?))
     }
 
     /// Like [`tensor_f32`](Self::tensor_f32), into a caller-owned buffer (resized to fit) so a loop

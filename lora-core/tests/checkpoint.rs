@@ -119,6 +119,14 @@ fn torch_zip_checkpoint_reads_exactly() {
         assert_eq!(s.info(n).unwrap(), c.info(n).unwrap());
         assert_eq!(s.tensor_f32(n).unwrap(), c.tensor_f32(n).unwrap());
     }
+    // F32 tensors of a safetensors file are viewed in place, others converted.
+    let st = lora_core::SafetensorsFile::open(&out).unwrap();
+    assert!(st.tensor_f32_cow("o").unwrap().is_view());
+    assert!(!st.tensor_f32_cow(te).unwrap().is_view());
+    assert_eq!(
+        st.tensor_f32_cow("t").unwrap().to_owned(),
+        c.tensor_f32("t").unwrap()
+    );
     let all: Vec<_> = s.iter_f32().map(|(n, r)| (n, r.unwrap().len())).collect();
     assert_eq!(
         all,
