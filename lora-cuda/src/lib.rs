@@ -51,12 +51,33 @@
 //! * [`cuda`]: the kernels (`lora-cuda/kernels/*.cu`), compiled with NVRTC on first use and cached per
 //!   device. Mixed precision: bf16/f16 activations and base weights, f32 LoRA master weights.
 //!
+//! # The CUDA kernels
+//! `lora-cuda/kernels/*.cu` (each file's header comment gives its launch shape and why):
+//! `sgemm.cu` (64×64 tiles, 4×4 register blocking, float4 loads), `hgemm.cu` (bf16/f16 on tensor cores
+//! with `mma.sync.m16n8k16`, f32 accumulation), `conv.cu` (im2col / col2im; the GEMM does the rest),
+//! `softmax.cu` (warp per row), `attention.cu` (flash-style online softmax, forward and backward),
+//! `norm.cu` (group and layer norm with Welford statistics), `elementwise.cu` (activations, broadcasting
+//! arithmetic, GEGLU, casts, fused AdamW), `reduce.cu`, `layout.cu` (upsampling, permutes, concat).
+//! On CUDA tensors, [`ops`] launches them (see [`cuda`] for the few ops that still round-trip through the
+//! host). cuBLAS/cuDNN are not used.
+//!
 //! # Checking kernels without a GPU
-//! Every `.cu` file is compiled with NVRTC for `compute_80` and `compute_90` and assembled with `ptxas`
-//! in the tests (`tests/nvrtc.rs`), and also compiled with the host C++ compiler against
-//! `kernels/emu/cuda_emu.h`, which emulates the CUDA thread model, and compared with the CPU reference
-//! (`tests/emu_parity.rs`). GPU parity tests (`tests/gpu_parity.rs`) run where a GPU exists and say that
-//! they were skipped otherwise.
+//! * `tests/nvrtc.rs` compiles every `.cu` file with NVRTC for `compute_80` and `compute_90` and
+//!   assembles the PTX with `ptxas`, printing registers, shared memory and spills per kernel
+//!   (`scripts/cuda_nvrtc_check.py` does the same without a Rust rebuild).
+//! * `tests/emu_parity.rs` compiles the same sources with the host C++ compiler against
+//!   `kernels/emu/cuda_emu.h`, which emulates the CUDA thread model (blocks one after another, the
+//!   threads of a block as OS threads with a barrier for `__syncthreads`, `__shared__` as static storage,
+//!   warp shuffles and atomics emulated), and compares every kernel with the CPU reference on small and
+//!   odd shapes.
+//! * `tests/gpu_parity.rs` and `tests/gpu_ops.rs` run the same cases on a GPU where there is one and
+//!   print `SKIPPED ...: no CUDA device (reason)` otherwise. `scripts/gpu-check.sh` runs them, with the
+//!   kernel benchmarks, on a GPU machine and appends the figures to `docs/gpu-results.md`.
+//!
+//! GPU-only code (not run by the emulation; each place has a scalar twin behind the same `#if`):
+//! * `kernels/hgemm.cu`: the `mma.sync` fragment loads and multiply (`#if HGEMM_USE_MMA`, i.e.
+//!   `__CUDA_ARCH__ >= 800`). The twin computes exactly the accumulator elements each lane owns in the
+//!   mma layout, so tiling, loads and the epilogue are emulated and checked.
 #![warn(missing_docs)]
 
 pub mod autograd;
