@@ -1,0 +1,234 @@
+//! Pieces both pipelines share: progress bars, step timing, loading and validating inputs.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lora_cuda::demo::{RgbImage8, Scene};
+use lora_cuda::model::{ClipConfig, SdModel, UNetConfig};
+use lora_cuda::sched::Rng;
+
+use super::gen::from_dynamic;
+use super::model_io::{load_model, save_model, LoadedModel, MODEL_PRECISION};
+use super::outdir::OutDir;
+use crate::error::{Error, Result};
+
+/// Default path of demo base model A (issue 6's committed checkpoint).
+pub const DEFAULT_BASE_A: &str = "assets/demo_base_a.safetensors";
+/// Default path of demo base model B.
+pub const DEFAULT_BASE_B: &str = "assets/demo_base_b.safetensors";
+
+/// Progress bars: one for the whole run (with the total ETA), one per step.
+pub struct Progress {
+    multi: MultiProgress,
+    /// The whole run, in work units.
+    pub total: ProgressBar,
+    started: Instant,
+}
+
+impl Progress {
+    /// Bars on stderr, or hidden when `quiet`.
+    pub fn new(quiet: bool, total_units: u64) -> Self {
+        let multi = MultiProgress::with_draw_target(if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        });
+        let total = multi.add(ProgressBar::new(total_units.max(1)));
+        total.set_style(
+            ProgressStyle::with_template(
+                "total [{elapsed_precise}] {wide_bar} {percent}% ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Progress {
+            multi,
+            total,
+            started: Instant::now(),
+        }
+    }
+
+    /// A bar for one step.
+    pub fn step_bar(&self, name: &str) -> ProgressBar {
+        let b = self.multi.add(ProgressBar::new(1));
+        b.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>28} [{elapsed_precise}] {bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_prefix(name.to_string());
+        b
+    }
+
+    /// Seconds since the run started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Prints a line above the bars.
+    pub fn println(&self, line: &str) {
+        if self.multi.is_hidden() {
+            return;
+        }
+        let _ = self.multi.println(line);
+    }
+}
+
+/// Runs `f` as the step `name` unless every output in `outputs` verifies; records its time. Returns whether
+/// the step ran.
+pub fn run_step(
+    out: &mut OutDir,
+    progress: &Progress,
+    name: &str,
+    outputs: &[String],
+    units: u64,
+    f: impl FnOnce(&mut OutDir, &ProgressBar) -> Result<()>,
+) -> Result<bool> {
+    if !outputs.is_empty() && out.all_verified(outputs) {
+        progress.total.inc(units);
+        progress.println(&format!(
+            "step {name}: done before, outputs verify — skipped"
+        ));
+        return Ok(false);
+    }
+    let bar = progress.step_bar(name);
+    let t0 = Instant::now();
+    f(out, &bar).map_err(|e| e.in_step(name))?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    out.record_time(name, secs)?;
+    progress.total.inc(units);
+    progress.println(&format!("step {name}: {secs:.1} s"));
+    Ok(true)
+}
+
+/// The base model to use: the given checkpoint (must exist), else the default demo checkpoint if present,
+/// else (with `init_random`) a seeded random-init model of that config written into the output folder later.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BaseSource {
+    /// A checkpoint file.
+    File(PathBuf),
+    /// A random-init model of a named config (`demo` or `tiny`), seeded.
+    Random {
+        /// Config name.
+        config: String,
+        /// Seed.
+        seed: u64,
+    },
+}
+
+/// Resolves `--ckpt`-style options.
+pub fn base_source(
+    given: Option<&Path>,
+    default: &str,
+    init_random: Option<&str>,
+    seed: u64,
+    flag: &str,
+) -> Result<Option<BaseSource>> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            return Err(Error::Checkpoint {
+                path: p.into(),
+                msg: format!("{flag}: no such file"),
+            });
+        }
+        return Ok(Some(BaseSource::File(p.into())));
+    }
+    let d = Path::new(default);
+    if d.is_file() {
+        return Ok(Some(BaseSource::File(d.into())));
+    }
+    match init_random {
+        Some(c) => {
+            configs(c, flag)?;
+            Ok(Some(BaseSource::Random {
+                config: c.into(),
+                seed,
+            }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The named model configs.
+pub fn configs(name: &str, flag: &str) -> Result<(UNetConfig, ClipConfig)> {
+    match name {
+        "demo" => Ok((UNetConfig::demo(), ClipConfig::demo())),
+        "tiny" => Ok((UNetConfig::tiny(), ClipConfig::tiny())),
+        other => Err(Error::option(
+            flag,
+            format!("unknown config {other:?} (expected demo or tiny)"),
+        )),
+    }
+}
+
+/// Loads a base model: a file, or a random-init model written to `out_rel` in the output folder.
+pub fn materialise(src: &BaseSource, out: &mut OutDir, out_rel: &str) -> Result<LoadedModel> {
+    match src {
+        BaseSource::File(p) => load_model(p),
+        BaseSource::Random { config, seed } => {
+            if out.verified(out_rel) {
+                return load_model(&out.dir().join(out_rel));
+            }
+            let (u, t) = configs(config, "--init_random")?;
+            let model = SdModel::new_random(u, t, *seed)?;
+            let p = out.path(out_rel)?;
+            let lm = LoadedModel::from_model(model, &p);
+            save_model(
+                &lm,
+                &p,
+                MODEL_PRECISION,
+                &[("copier_lora.random_init_seed".into(), seed.to_string())],
+            )?;
+            out.record(out_rel, "0 base models")?;
+            load_model(&p)
+        }
+    }
+}
+
+/// A pool of random demo captions (the copier LoRA's "other prompts").
+pub fn random_captions(seed: u64, n: usize) -> Vec<String> {
+    let mut rng = Rng::derived(seed, 0xCAB);
+    (0..n).map(|_| Scene::random(&mut rng).caption()).collect()
+}
+
+/// Evaluation prompts: random demo captions other than `exclude`.
+pub fn eval_prompts(seed: u64, n: usize, exclude: &[String]) -> Vec<String> {
+    let mut rng = Rng::derived(seed, 0xE7A1);
+    let mut out = Vec::new();
+    let mut guard = 0;
+    while out.len() < n && guard < 10_000 {
+        guard += 1;
+        let c = Scene::random(&mut rng).caption();
+        if !exclude.contains(&c) && !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Loads a user-given original image and checks its size against the model.
+pub fn load_original(path: &Path, side: usize) -> Result<RgbImage8> {
+    let img = imgfx::io::load_image(path, 1 << 26)?;
+    if img.width() as usize != side || img.height() as usize != side {
+        return Err(Error::option(
+            "--image",
+            format!(
+                "{}: {}×{} pixels, but the model makes {side}×{side} images",
+                path.display(),
+                img.width(),
+                img.height()
+            ),
+        ));
+    }
+    Ok(from_dynamic(&img))
+}
+
+/// Checks that a prompt or caption uses only words the model's tokenizer knows.
+pub fn check_text(m: &LoadedModel, text: &str, flag: &str) -> Result<()> {
+    m.tokenizer
+        .encode(text)
+        .map(|_| ())
+        .map_err(|e| Error::option(flag, e.to_string()))
+}

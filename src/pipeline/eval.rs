@@ -1,0 +1,316 @@
+//! Measuring LoRAs: images from each base model at each strength over several prompts and seeds, the
+//! effect metrics on every image, grids, small plots, and the statistics the report's verdicts rest on.
+
+use std::collections::BTreeMap;
+
+use image::{DynamicImage, Rgb, RgbImage};
+use indicatif::ProgressBar;
+use lora_cuda::demo::RgbImage8;
+use lora_cuda::model::LoraNetwork;
+use serde_json::{json, Value};
+
+use super::effects::{measure, METRICS};
+use super::gen::{sample_jobs, to_dynamic, Job, SampleSettings};
+use super::model_io::LoadedModel;
+use super::outdir::OutDir;
+use crate::error::Result;
+
+/// A LoRA to measure.
+#[derive(Clone, Debug)]
+pub struct EvalLora {
+    /// Label (file names and tables).
+    pub label: String,
+    /// The network.
+    pub net: LoraNetwork,
+    /// The effect it should show (index into the pipeline's effects), if any.
+    pub effect: Option<usize>,
+    /// The label of the control LoRA it is compared with.
+    pub control: Option<String>,
+}
+
+/// Metric values: `[strength index][job][metric]`.
+pub type Table = Vec<Vec<Vec<f64>>>;
+
+/// What [`evaluate`] measured.
+#[derive(Clone, Debug, Default)]
+pub struct EvalResult {
+    /// The strengths (0 included).
+    pub strengths: Vec<f32>,
+    /// The (prompt, seed) jobs.
+    pub jobs: Vec<Job>,
+    /// Per base model and LoRA label: the metrics at every strength (the zero strength is the base alone).
+    pub tables: BTreeMap<(String, String), Table>,
+    /// Grid image files written, per (base, LoRA).
+    pub grids: BTreeMap<(String, String), String>,
+}
+
+impl EvalResult {
+    /// The values of metric `k` at strength index `s` for (base, lora), one per job.
+    pub fn values(&self, base: &str, lora: &str, s: usize, k: usize) -> Option<Vec<f64>> {
+        let t = self.tables.get(&(base.to_string(), lora.to_string()))?;
+        Some(t.get(s)?.iter().map(|m| m[k]).collect())
+    }
+
+    /// As JSON (the pipeline's `eval.json`).
+    pub fn to_json(&self) -> Value {
+        let tables: Vec<Value> = self
+            .tables
+            .iter()
+            .map(|((b, l), t)| json!({"base": b, "lora": l, "metrics": METRICS, "values": t}))
+            .collect();
+        json!({
+            "strengths": self.strengths,
+            "jobs": self.jobs.iter().map(|j| json!({"prompt": j.prompt, "seed": j.seed})).collect::<Vec<_>>(),
+            "tables": tables,
+        })
+    }
+}
+
+/// Mean and standard error of the mean.
+pub fn mean_se(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (m, f64::NAN);
+    }
+    let var = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
+    (m, (var / n).sqrt())
+}
+
+/// Paired differences `a − b`.
+pub fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+/// Samples every base × LoRA × strength over `jobs`, measures the images, writes one grid per (base, LoRA)
+/// under `report/` (rows: the first `grid_rows` jobs; columns: the strengths), records the files.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    bases: &[(String, &LoadedModel)],
+    loras: &[EvalLora],
+    jobs: &[Job],
+    strengths: &[f32],
+    settings: &SampleSettings,
+    grid_rows: usize,
+    out: &mut OutDir,
+    step: &str,
+    bar: &ProgressBar,
+) -> Result<EvalResult> {
+    let mut res = EvalResult {
+        strengths: strengths.to_vec(),
+        jobs: jobs.to_vec(),
+        ..Default::default()
+    };
+    let nonzero = strengths.iter().filter(|&&s| s != 0.0).count();
+    bar.set_length((bases.len() * (1 + loras.len() * nonzero) * jobs.len()) as u64);
+    bar.set_position(0);
+    for (bname, model) in bases {
+        bar.set_message(format!("base {bname}"));
+        let zero = sample_jobs(model, &[], jobs, settings)?;
+        bar.inc(jobs.len() as u64);
+        let zero_m: Vec<Vec<f64>> = zero.iter().map(|i| measure(&to_dynamic(i))).collect();
+        for l in loras {
+            bar.set_message(format!("base {bname}, {}", l.label));
+            let mut table: Table = Vec::new();
+            let mut columns: Vec<Vec<RgbImage8>> = Vec::new();
+            for &s in strengths {
+                if s == 0.0 {
+                    table.push(zero_m.clone());
+                    columns.push(zero.iter().take(grid_rows).cloned().collect());
+                    continue;
+                }
+                let mut net = l.net.clone();
+                net.multiplier = s as f64;
+                let imgs = sample_jobs(model, &[&net], jobs, settings)?;
+                bar.inc(jobs.len() as u64);
+                table.push(imgs.iter().map(|i| measure(&to_dynamic(i))).collect());
+                columns.push(imgs.into_iter().take(grid_rows).collect());
+            }
+            let rel = format!("report/grid_{}_{}.png", l.label, bname);
+            let grid = grid_image(&columns);
+            save_png(out, &rel, &grid, step)?;
+            res.grids.insert((bname.clone(), l.label.clone()), rel);
+            res.tables.insert((bname.clone(), l.label.clone()), table);
+        }
+        if loras.is_empty() {
+            res.tables
+                .insert((bname.clone(), "none".into()), vec![zero_m]);
+        }
+    }
+    Ok(res)
+}
+
+/// Nearest-neighbour upscale factor that makes a small image readable (≥ 96 pixels).
+pub fn upscale_factor(side: usize) -> u32 {
+    (96 / side.max(1)).max(1) as u32
+}
+
+/// Columns of images side by side (each column top to bottom), 2-pixel white gaps, upscaled.
+pub fn grid_image(columns: &[Vec<RgbImage8>]) -> DynamicImage {
+    let rows = columns.iter().map(Vec::len).max().unwrap_or(0);
+    let side = columns
+        .iter()
+        .flatten()
+        .map(|i| i.width.max(i.height))
+        .max()
+        .unwrap_or(1);
+    let f = upscale_factor(side);
+    let cell = side as u32 * f;
+    let gap = 2u32;
+    let w = columns.len() as u32 * (cell + gap) + gap;
+    let h = rows as u32 * (cell + gap) + gap;
+    let mut canvas = RgbImage::from_pixel(w.max(1), h.max(1), Rgb([255, 255, 255]));
+    for (c, col) in columns.iter().enumerate() {
+        for (r, img) in col.iter().enumerate() {
+            let (x0, y0) = (gap + c as u32 * (cell + gap), gap + r as u32 * (cell + gap));
+            for y in 0..img.height as u32 * f {
+                for x in 0..img.width as u32 * f {
+                    let p = img.get((x / f) as usize, (y / f) as usize);
+                    canvas.put_pixel(x0 + x, y0 + y, Rgb(p));
+                }
+            }
+        }
+    }
+    DynamicImage::ImageRgb8(canvas)
+}
+
+/// A small plot: `series` of (colour, points (x, mean, se)) with error bars, a zero line; x from −1 to 1.
+pub fn plot(series: &[([u8; 3], Vec<(f64, f64, f64)>)]) -> DynamicImage {
+    let (w, h, pad) = (240u32, 160u32, 12i64);
+    let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| {
+            p.iter()
+                .flat_map(|&(_, m, se)| [m - se.max(0.0), m + se.max(0.0), m])
+        })
+        .filter(|v| v.is_finite())
+        .chain([0.0])
+        .collect();
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let span = if hi - lo > 1e-12 { hi - lo } else { 1.0 };
+    let tx = |x: f64| (pad as f64 + (x + 1.0) / 2.0 * (w as f64 - 2.0 * pad as f64)).round() as i64;
+    let ty = |y: f64| {
+        (h as f64 - pad as f64 - (y - lo) / span * (h as f64 - 2.0 * pad as f64)).round() as i64
+    };
+    let mut put = |img: &mut RgbImage, x: i64, y: i64, c: [u8; 3]| {
+        if x >= 0 && y >= 0 && (x as u32) < w && (y as u32) < h {
+            img.put_pixel(x as u32, y as u32, Rgb(c));
+        }
+    };
+    let line = |img: &mut RgbImage,
+                put: &mut dyn FnMut(&mut RgbImage, i64, i64, [u8; 3]),
+                (x0, y0): (i64, i64),
+                (x1, y1): (i64, i64),
+                c: [u8; 3]| {
+        let n = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
+        for i in 0..=n {
+            put(img, x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n, c);
+        }
+    };
+    let zy = ty(0.0);
+    line(
+        &mut img,
+        &mut put,
+        (pad, zy),
+        (w as i64 - pad, zy),
+        [170, 170, 170],
+    );
+    line(
+        &mut img,
+        &mut put,
+        (tx(0.0), pad),
+        (tx(0.0), h as i64 - pad),
+        [210, 210, 210],
+    );
+    for (c, pts) in series {
+        let pts: Vec<&(f64, f64, f64)> = pts.iter().filter(|p| p.1.is_finite()).collect();
+        for win in pts.windows(2) {
+            line(
+                &mut img,
+                &mut put,
+                (tx(win[0].0), ty(win[0].1)),
+                (tx(win[1].0), ty(win[1].1)),
+                *c,
+            );
+        }
+        for &&(x, m, se) in &pts {
+            if se.is_finite() {
+                line(
+                    &mut img,
+                    &mut put,
+                    (tx(x), ty(m - se)),
+                    (tx(x), ty(m + se)),
+                    *c,
+                );
+                line(
+                    &mut img,
+                    &mut put,
+                    (tx(x) - 2, ty(m - se)),
+                    (tx(x) + 2, ty(m - se)),
+                    *c,
+                );
+                line(
+                    &mut img,
+                    &mut put,
+                    (tx(x) - 2, ty(m + se)),
+                    (tx(x) + 2, ty(m + se)),
+                    *c,
+                );
+            }
+            for d in -1..=1 {
+                line(
+                    &mut img,
+                    &mut put,
+                    (tx(x) - 1, ty(m) + d),
+                    (tx(x) + 1, ty(m) + d),
+                    *c,
+                );
+            }
+        }
+    }
+    DynamicImage::ImageRgb8(img)
+}
+
+/// Saves a PNG atomically into the output folder and records it.
+pub fn save_png(out: &mut OutDir, rel: &str, img: &DynamicImage, step: &str) -> Result<()> {
+    let p = out.path(rel)?;
+    imgfx::io::save_image_atomic(img, &p, &[])?;
+    out.record(rel, step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_standard_error() {
+        let (m, se) = mean_se(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-12);
+        // sd = sqrt(5/3), se = sd / 2
+        assert!((se - (5.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12);
+        assert!(mean_se(&[1.0]).1.is_nan());
+        assert_eq!(paired(&[3.0, 5.0], &[1.0, 1.0]), vec![2.0, 4.0]);
+    }
+
+    #[test]
+    fn grid_has_one_cell_per_image() {
+        let a = RgbImage8::new(16, 16);
+        let g = grid_image(&[vec![a.clone(), a.clone()], vec![a.clone(), a]]);
+        let f = upscale_factor(16);
+        assert_eq!(g.width(), 2 * (16 * f + 2) + 2);
+        assert_eq!(g.height(), 2 * (16 * f + 2) + 2);
+        let p = plot(&[(
+            [255, 0, 0],
+            vec![(-1.0, -1.0, 0.1), (0.0, 0.0, 0.0), (1.0, 2.0, 0.5)],
+        )]);
+        assert_eq!((p.width(), p.height()), (240, 160));
+    }
+}
