@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::kernel::{pillow_filter, PillowFilter};
 use crate::pixels::{make_8bit, samples, samples_mut};
-use crate::plane::Plane;
+use crate::plane::{gaussian_kernel, reflect101};
 use crate::{Error, Result};
 
 /// How the lines are found.
@@ -128,23 +128,76 @@ impl OutlineParams {
     }
 }
 
-/// XDoG line map of a luma plane (values 0–255).
-fn xdog(luma: &Plane, p: &OutlineParams) -> Vec<f32> {
-    let g1 = luma.gaussian(p.sigma);
-    let g2 = luma.gaussian(p.sigma * p.k);
-    g1.data
-        .par_iter()
-        .zip(&g2.data)
-        .map(|(&a, &b)| {
-            let u = ((1.0 + p.p) * a - p.p * b) / 255.0;
-            if u >= p.epsilon {
-                1.0
-            } else {
-                // 1 + tanh(z) = 2 / (1 + e^(−2z)); expf is much cheaper than tanhf
-                2.0 / (1.0 + (-2.0 * p.phi * (u - p.epsilon)).exp())
+/// Rows per parallel band of [`xdog`].
+const BAND: usize = 32;
+
+/// XDoG line map of a luma image (values 0–255): `u = ((1+p)·G_σ − p·G_kσ)/255`,
+/// `T = 1` where `u ≥ ε`, else `1 + tanh(φ(u − ε))`. Both Gaussians (reflect-101 borders) are computed in
+/// one pass over bands of rows, so the intermediate planes stay in cache.
+fn xdog(luma: &[u8], w: usize, h: usize, p: &OutlineParams) -> Vec<f32> {
+    let k1 = gaussian_kernel(p.sigma);
+    let k2 = gaussian_kernel(p.sigma * p.k);
+    let (r1, r2) = (k1.len() / 2, k2.len() / 2);
+    let rr = r1.max(r2);
+    let mut out = vec![0f32; w * h];
+    out.par_chunks_mut(w * BAND)
+        .enumerate()
+        .for_each(|(band, chunk)| {
+            let y0 = band * BAND;
+            let y1 = (y0 + BAND).min(h);
+            let rows = y1 - y0 + 2 * rr;
+            // Horizontally filtered rows y0−rr .. y1+rr, for both kernels.
+            let mut h1 = vec![0f32; rows * w];
+            let mut h2 = vec![0f32; rows * w];
+            let mut padded = vec![0f32; w + 2 * rr];
+            for j in 0..rows {
+                let sy = reflect101(y0 as isize + j as isize - rr as isize, h);
+                let row = &luma[sy * w..][..w];
+                for (i, v) in padded.iter_mut().enumerate() {
+                    *v = row[reflect101(i as isize - rr as isize, w)] as f32;
+                }
+                for (k, r, dst) in [
+                    (&k1, r1, &mut h1[j * w..(j + 1) * w]),
+                    (&k2, r2, &mut h2[j * w..(j + 1) * w]),
+                ] {
+                    for (i, kv) in k.iter().enumerate() {
+                        let src = &padded[rr - r + i..][..w];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d += s * kv;
+                        }
+                    }
+                }
             }
-        })
-        .collect()
+            let mut g1 = vec![0f32; w];
+            let mut g2 = vec![0f32; w];
+            for y in y0..y1 {
+                g1.fill(0.0);
+                g2.fill(0.0);
+                let c = y - y0 + rr; // row y in the band buffers
+                for (i, kv) in k1.iter().enumerate() {
+                    for (d, s) in g1.iter_mut().zip(&h1[(c - r1 + i) * w..][..w]) {
+                        *d += s * kv;
+                    }
+                }
+                for (i, kv) in k2.iter().enumerate() {
+                    for (d, s) in g2.iter_mut().zip(&h2[(c - r2 + i) * w..][..w]) {
+                        *d += s * kv;
+                    }
+                }
+                let o = &mut chunk[(y - y0) * w..][..w];
+                let (a, b, eps) = ((1.0 + p.p) / 255.0, p.p / 255.0, p.epsilon);
+                for ((t, &x1), &x2) in o.iter_mut().zip(&g1).zip(&g2) {
+                    let u = a * x1 - b * x2;
+                    *t = if u >= eps {
+                        1.0
+                    } else {
+                        // 1 + tanh(z) = 2 / (1 + e^(−2z)); expf is much cheaper than tanhf
+                        2.0 / (1.0 + (-2.0 * p.phi * (u - eps)).exp())
+                    };
+                }
+            }
+        });
+    out
 }
 
 /// OpenCV's Canny on a luma image: a boolean edge mask.
@@ -176,10 +229,14 @@ pub(crate) fn canny(luma: &[u8], w: usize, h: usize, low: f32, high: f32) -> Vec
                 &pad[(y + 1) * pw..][..pw],
                 &pad[(y + 2) * pw..][..pw],
             );
-            let rm = &mut rm[1..=w];
+            // Shifted views of equal length, so the loop has no bounds checks and vectorizes.
+            let (a0, a1, a2) = (&a[..w], &a[1..w + 1], &a[2..w + 2]);
+            let (b0, b2) = (&b[..w], &b[2..w + 2]);
+            let (c0, c1, c2) = (&c[..w], &c[1..w + 1], &c[2..w + 2]);
+            let (rx, ry, rm) = (&mut rx[..w], &mut ry[..w], &mut rm[1..w + 1]);
             for x in 0..w {
-                let gx = (a[x + 2] + 2 * b[x + 2] + c[x + 2]) - (a[x] + 2 * b[x] + c[x]);
-                let gy = (c[x] + 2 * c[x + 1] + c[x + 2]) - (a[x] + 2 * a[x + 1] + a[x + 2]);
+                let gx = (a2[x] + 2 * b2[x] + c2[x]) - (a0[x] + 2 * b0[x] + c0[x]);
+                let gy = (c0[x] + 2 * c1[x] + c2[x]) - (a0[x] + 2 * a1[x] + a2[x]);
                 rx[x] = gx;
                 ry[x] = gy;
                 rm[x] = gx.unsigned_abs() as i32 + gy.unsigned_abs() as i32;
@@ -280,7 +337,7 @@ pub fn line_map(img: &DynamicImage, p: &OutlineParams) -> Result<Vec<f32>> {
     let (w, h) = (s.width, s.height);
     let luma = s.luma();
     Ok(match p.method {
-        OutlineMethod::Xdog => xdog(&Plane::from_u8(w, h, &luma), p),
+        OutlineMethod::Xdog => xdog(&luma, w, h, p),
         OutlineMethod::Canny => canny(&luma, w, h, p.threshold1, p.threshold2)
             .into_iter()
             .map(|e| if e { 0.0 } else { 1.0 })
@@ -338,7 +395,10 @@ pub fn outline_in_place(img: &mut DynamicImage, p: &OutlineParams) -> Result<()>
         .zip(t.par_chunks(w))
         .for_each(|(row, trow)| {
             for (px, &tv) in row.chunks_exact_mut(cn).zip(trow) {
-                let f = 1.0 - strength * (1.0 - tv.clamp(0.0, 1.0));
+                if tv >= 1.0 {
+                    continue; // no line here (most pixels)
+                }
+                let f = 1.0 - strength * (1.0 - tv.max(0.0));
                 for v in &mut px[..colour] {
                     // f in [0, 1]: v·f + 0.5 lies in [0, 255.5]; truncating rounds half up, no libm call
                     *v = (*v as f32 * f + 0.5) as u8;
