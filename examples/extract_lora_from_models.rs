@@ -84,7 +84,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         v_parameterization: a.v_parameterization,
         dim: a.dim,
         conv_dim: a.conv_dim,
-        clamp_quantile: a.clamp_quantile,
+        clamp_quantile: Some(a.clamp_quantile),
         min_diff: a.min_diff,
         ..ExtractOptions::default()
     };

@@ -28,8 +28,8 @@ pub struct ExtractOptions {
     pub dim: usize,
     /// `--conv_dim`: also extract 3x3 convs (and the resnet linears/1x1 at `dim`).
     pub conv_dim: Option<usize>,
-    /// `--clamp_quantile` (default 0.99).
-    pub clamp_quantile: f64,
+    /// `--clamp_quantile` (default 0.99); `None` (library only) skips the clamp.
+    pub clamp_quantile: Option<f64>,
     /// `--min_diff` (default 0.01): the text encoder is kept only if some module differs by more.
     pub min_diff: f32,
     /// Randomized SVD parameters.
@@ -43,7 +43,7 @@ impl Default for ExtractOptions {
             v_parameterization: None,
             dim: 4,
             conv_dim: None,
-            clamp_quantile: 0.99,
+            clamp_quantile: Some(0.99),
             min_diff: 0.01,
             rsvd: RsvdParams::default(),
         }
@@ -147,8 +147,8 @@ pub fn extract_modules(
     if opts.dim == 0 || opts.conv_dim == Some(0) {
         return Err(Error::InvalidArgument("dim and conv_dim must be at least 1".into()));
     }
-    if !(0.0..=1.0).contains(&opts.clamp_quantile) {
-        return Err(Error::InvalidArgument(format!("clamp_quantile {} is not in [0, 1]", opts.clamp_quantile)));
+    if let Some(q) = opts.clamp_quantile.filter(|q| !(0.0..=1.0).contains(q)) {
+        return Err(Error::InvalidArgument(format!("clamp_quantile {q} is not in [0, 1]")));
     }
     let total = entries.len();
     let done = AtomicUsize::new(0);
@@ -170,7 +170,7 @@ pub fn extract_modules(
             let rank = if is_kxk { opts.conv_dim.unwrap_or(opts.dim) } else { opts.dim };
             let k = rank.min(e.in_features).min(e.out_features);
             let dm = as_matrix(&d, e.name)?;
-            let f = extract_factors(dm, k, Some(opts.clamp_quantile), &opts.rsvd, e.name, ws)?;
+            let f = extract_factors(dm, k, opts.clamp_quantile, &opts.rsvd, e.name, ws)?;
             let k = f.rank();
             let m = module_from_factors(e.name, shape, f, Some(k as f32))?;
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);

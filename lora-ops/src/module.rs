@@ -60,10 +60,32 @@ pub(crate) fn name_seed(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// Fixes the arbitrary sign of each singular pair: the entry of largest magnitude of each `Vt` row (the first
+/// one on ties) is made positive, flipping the matching `U` column with it. The product is unchanged; the
+/// outputs become deterministic across LAPACK builds, and so does the sign-dependent quantile clamp (spec
+/// §11.1). `scripts/ops_make_goldens.py` applies the same convention.
+pub fn normalize_signs(svd: &mut Svd) {
+    for j in 0..svd.len() {
+        let row = svd.vt.row(j);
+        let mut best = 0usize;
+        for (i, v) in row.iter().enumerate() {
+            if v.abs() > row[best].abs() {
+                best = i;
+            }
+        }
+        if row.len() > 0 && row[best] < 0.0 {
+            svd.vt.row_mut(j).mapv_inplace(|v| -v);
+            svd.u.column_mut(j).mapv_inplace(|v| -v);
+        }
+    }
+}
+
 /// Turns a (possibly short) SVD into `k` factor rows: `up = U[:, :k]·S[:k]`, `down = Vt[:k]`, completing
 /// `down` with orthonormal directions (and `up` with zero columns) when the product has fewer than `k`
 /// non-zero singular values. `k` must not exceed `min(out, n)`.
 fn factors_from_svd(svd: &Svd, k: usize, out: usize, n: usize, tensor: &str) -> Result<Factors> {
+    let mut svd = svd.clone();
+    normalize_signs(&mut svd);
     let have = svd.len().min(k);
     let mut up = Array2::zeros((out, k));
     let us = &svd.u.slice(s![.., ..have]) * &svd.s.slice(s![..have]).insert_axis(Axis(0));

@@ -354,7 +354,7 @@ fn extract_from_two_checkpoints() {
     merge_into_checkpoint(&org, &[(&delta, 1.0)], &tuned_same_te, &opts, |_, _| {}).unwrap();
     let a = CheckpointReader::open(&org).unwrap();
     let b = CheckpointReader::open(&tuned_same_te).unwrap();
-    let eo = ExtractOptions { dim: 3, conv_dim: Some(3), clamp_quantile: 1.0, ..Default::default() };
+    let eo = ExtractOptions { dim: 3, conv_dim: Some(3), clamp_quantile: None, ..Default::default() };
     let (lora, report) = extract_modules(&a, &b, &entries, &eo, &|_, _| {}).unwrap();
     assert!(!report.text_encoder_kept, "TE identical: dropped");
     assert_eq!(lora.modules.len(), unet.len());
