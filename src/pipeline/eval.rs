@@ -314,3 +314,22 @@ mod tests {
         assert_eq!((p.width(), p.height()), (240, 160));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Shifting every value shifts the mean and keeps the standard error; the SE is never negative.
+        #[test]
+        fn mean_se_is_shift_equivariant(xs in proptest::collection::vec(-1e3f64..1e3, 2..40), c in -1e3f64..1e3) {
+            let (m, se) = mean_se(&xs);
+            let shifted: Vec<f64> = xs.iter().map(|x| x + c).collect();
+            let (m2, se2) = mean_se(&shifted);
+            prop_assert!((m2 - m - c).abs() < 1e-6);
+            prop_assert!((se2 - se).abs() < 1e-6 * (1.0 + se));
+            prop_assert!(se >= 0.0);
+        }
+    }
+}
