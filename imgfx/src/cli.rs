@@ -154,7 +154,7 @@ where
 /// Reads `input`, applies `e`, writes `output` atomically (never over `input`).
 pub fn apply_file(e: &Effect, input: &Path, output: &Path, max_pixels: u64) -> Result<()> {
     if let Ok(true) =
-        std::fs::canonicalize(input).and_then(|i| Ok(Some(i) == std::fs::canonicalize(output).ok()))
+        std::fs::canonicalize(input).map(|i| Some(i) == std::fs::canonicalize(output).ok())
     {
         return Err(Error::WouldOverwriteInput {
             path: output.to_path_buf(),

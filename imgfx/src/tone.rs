@@ -103,12 +103,12 @@ fn autocontrast_lut(mut h: [u64; 256], p: &AutocontrastParams) -> [u8; 256] {
     if p.cutoff_low != 0.0 || p.cutoff_high != 0.0 {
         let n: u64 = h.iter().sum();
         let mut cut = (n as f64 * p.cutoff_low as f64 / 100.0).floor() as u64;
-        for lo in 0..256 {
-            if cut > h[lo] {
-                cut -= h[lo];
-                h[lo] = 0;
+        for hv in h.iter_mut() {
+            if cut > *hv {
+                cut -= *hv;
+                *hv = 0;
             } else {
-                h[lo] -= cut;
+                *hv -= cut;
                 cut = 0;
             }
             if cut == 0 {
@@ -116,12 +116,12 @@ fn autocontrast_lut(mut h: [u64; 256], p: &AutocontrastParams) -> [u8; 256] {
             }
         }
         let mut cut = (n as f64 * p.cutoff_high as f64 / 100.0).floor() as u64;
-        for hi in (0..256).rev() {
-            if cut > h[hi] {
-                cut -= h[hi];
-                h[hi] = 0;
+        for hv in h.iter_mut().rev() {
+            if cut > *hv {
+                cut -= *hv;
+                *hv = 0;
             } else {
-                h[hi] -= cut;
+                *hv -= cut;
                 cut = 0;
             }
             if cut == 0 {
