@@ -200,83 +200,98 @@ fn xdog(luma: &[u8], w: usize, h: usize, p: &OutlineParams) -> Vec<f32> {
     out
 }
 
-/// OpenCV's Canny on a luma image: a boolean edge mask.
+/// OpenCV's Canny on a luma image: a boolean edge mask. Gradients and non-maximum suppression run over
+/// bands of rows with band-local buffers (cache-resident); hysteresis runs over the whole image.
 pub(crate) fn canny(luma: &[u8], w: usize, h: usize, low: f32, high: f32) -> Vec<bool> {
-    // Luma padded by one replicated pixel on every side (cv::Canny's Sobel uses BORDER_REPLICATE).
-    let (pw, ph) = (w + 2, h + 2);
-    let mut pad = vec![0i16; pw * ph];
-    for py in 0..ph {
-        let sy = py.saturating_sub(1).min(h - 1);
-        let row = &luma[sy * w..][..w];
-        let prow = &mut pad[py * pw..][..pw];
-        prow[0] = row[0] as i16;
-        for (d, &v) in prow[1..=w].iter_mut().zip(row) {
-            *d = v as i16;
-        }
-        prow[w + 1] = row[w - 1] as i16;
-    }
-    // 3×3 Sobel and the L1 magnitude; the magnitude buffer has a zero border for the suppression step.
-    let mut dx = vec![0i16; w * h];
-    let mut dy = vec![0i16; w * h];
-    let mut mag = vec![0i32; pw * ph];
-    dx.par_chunks_mut(w)
-        .zip(dy.par_chunks_mut(w))
-        .zip(mag[pw..pw * (h + 1)].par_chunks_mut(pw))
-        .enumerate()
-        .for_each(|(y, ((rx, ry), rm))| {
-            let (a, b, c) = (
-                &pad[y * pw..][..pw],
-                &pad[(y + 1) * pw..][..pw],
-                &pad[(y + 2) * pw..][..pw],
-            );
-            // Shifted views of equal length, so the loop has no bounds checks and vectorizes.
-            let (a0, a1, a2) = (&a[..w], &a[1..w + 1], &a[2..w + 2]);
-            let (b0, b2) = (&b[..w], &b[2..w + 2]);
-            let (c0, c1, c2) = (&c[..w], &c[1..w + 1], &c[2..w + 2]);
-            let (rx, ry, rm) = (&mut rx[..w], &mut ry[..w], &mut rm[1..w + 1]);
-            for x in 0..w {
-                let gx = (a2[x] + 2 * b2[x] + c2[x]) - (a0[x] + 2 * b0[x] + c0[x]);
-                let gy = (c0[x] + 2 * c1[x] + c2[x]) - (a0[x] + 2 * a1[x] + a2[x]);
-                rx[x] = gx;
-                ry[x] = gy;
-                rm[x] = gx.unsigned_abs() as i32 + gy.unsigned_abs() as i32;
-            }
-        });
     // OpenCV (L1 gradient): integer thresholds by floor.
     let low = low.floor() as i32;
     let high = (high.floor() as i32).max(low);
-    // 0 = not an edge, 1 = weak candidate, 2 = strong edge.
     const TG22: i64 = 13573; // tan(22.5°)·2^15
+    let pw = w + 2;
+    // 0 = not an edge, 1 = weak candidate, 2 = strong edge.
     let mut state = vec![0u8; w * h];
-    state.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
-        let (up, mid, down) = (
-            &mag[y * pw..][..pw],
-            &mag[(y + 1) * pw..][..pw],
-            &mag[(y + 2) * pw..][..pw],
-        );
-        for x in 0..w {
-            let v = mid[x + 1];
-            if v <= low {
-                continue;
+    state
+        .par_chunks_mut(w * BAND)
+        .enumerate()
+        .for_each(|(band, chunk)| {
+            let y0 = band * BAND;
+            let y1 = (y0 + BAND).min(h);
+            // Gradient rows y0−1 ..= y1 (index j ↔ row y0 − 1 + j); the magnitude is 0 outside the image and
+            // has a zero column on each side.
+            let n = y1 - y0 + 2;
+            // Luma rows y0−2 ..= y1+1, replicated at the image borders (cv::Canny's Sobel uses
+            // BORDER_REPLICATE), with one replicated column on each side.
+            let mut pad = vec![0i16; (n + 2) * pw];
+            for (j, prow) in pad.chunks_exact_mut(pw).enumerate() {
+                let sy = (y0 as isize - 2 + j as isize).clamp(0, h as isize - 1) as usize;
+                let row = &luma[sy * w..][..w];
+                prow[0] = row[0] as i16;
+                for (d, &v) in prow[1..=w].iter_mut().zip(row) {
+                    *d = v as i16;
+                }
+                prow[w + 1] = row[w - 1] as i16;
             }
-            let (gx, gy) = (dx[y * w + x] as i64, dy[y * w + x] as i64);
-            let ax = gx.abs();
-            let ay = gy.abs() << 15;
-            let tg22x = ax * TG22;
-            let is_max = if ay < tg22x {
-                v > mid[x] && v >= mid[x + 2]
-            } else if ay > tg22x + (ax << 16) {
-                v > up[x + 1] && v >= down[x + 1]
-            } else if (gx ^ gy) < 0 {
-                v > up[x + 2] && v > down[x]
-            } else {
-                v > up[x] && v > down[x + 2]
-            };
-            if is_max {
-                row[x] = if v > high { 2 } else { 1 };
+            let mut dx = vec![0i16; n * w];
+            let mut dy = vec![0i16; n * w];
+            let mut mag = vec![0i32; n * pw];
+            for j in 0..n {
+                let y = y0 as isize - 1 + j as isize;
+                if y < 0 || y >= h as isize {
+                    continue;
+                }
+                let (a, b, c) = (
+                    &pad[j * pw..][..pw],
+                    &pad[(j + 1) * pw..][..pw],
+                    &pad[(j + 2) * pw..][..pw],
+                );
+                // Shifted views of equal length, so the loop has no bounds checks and vectorizes.
+                let (a0, a1, a2) = (&a[..w], &a[1..w + 1], &a[2..w + 2]);
+                let (b0, b2) = (&b[..w], &b[2..w + 2]);
+                let (c0, c1, c2) = (&c[..w], &c[1..w + 1], &c[2..w + 2]);
+                let rx = &mut dx[j * w..][..w];
+                let ry = &mut dy[j * w..][..w];
+                let rm = &mut mag[j * pw + 1..][..w];
+                for x in 0..w {
+                    let gx = (a2[x] + 2 * b2[x] + c2[x]) - (a0[x] + 2 * b0[x] + c0[x]);
+                    let gy = (c0[x] + 2 * c1[x] + c2[x]) - (a0[x] + 2 * a1[x] + a2[x]);
+                    rx[x] = gx;
+                    ry[x] = gy;
+                    rm[x] = gx.unsigned_abs() as i32 + gy.unsigned_abs() as i32;
+                }
             }
-        }
-    });
+            for y in y0..y1 {
+                let j = y - y0 + 1;
+                let (up, mid, down) = (
+                    &mag[(j - 1) * pw..][..pw],
+                    &mag[j * pw..][..pw],
+                    &mag[(j + 1) * pw..][..pw],
+                );
+                let (rdx, rdy) = (&dx[j * w..][..w], &dy[j * w..][..w]);
+                let row = &mut chunk[(y - y0) * w..][..w];
+                for x in 0..w {
+                    let v = mid[x + 1];
+                    if v <= low {
+                        continue;
+                    }
+                    let (gx, gy) = (rdx[x] as i64, rdy[x] as i64);
+                    let ax = gx.abs();
+                    let ay = gy.abs() << 15;
+                    let tg22x = ax * TG22;
+                    let is_max = if ay < tg22x {
+                        v > mid[x] && v >= mid[x + 2]
+                    } else if ay > tg22x + (ax << 16) {
+                        v > up[x + 1] && v >= down[x + 1]
+                    } else if (gx ^ gy) < 0 {
+                        v > up[x + 2] && v > down[x]
+                    } else {
+                        v > up[x] && v > down[x + 2]
+                    };
+                    if is_max {
+                        row[x] = if v > high { 2 } else { 1 };
+                    }
+                }
+            }
+        });
     // Hysteresis: weak pixels 8-connected to strong ones become edges.
     let mut stack: Vec<usize> = (0..w * h).filter(|&i| state[i] == 2).collect();
     while let Some(i) = stack.pop() {
