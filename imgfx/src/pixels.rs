@@ -111,7 +111,8 @@ pub fn luma24(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
-/// Applies a 256-entry lookup table to the colour samples, leaving alpha alone.
+/// Applies 256-entry lookup tables to the colour samples (one table for all, or one per colour channel),
+/// leaving alpha alone.
 pub(crate) fn apply_lut(s: &mut Samples<'_>, lut: &[[u8; 256]]) {
     let (cn, colour) = (s.channels, s.colour);
     if lut.len() == 1 && cn == colour {
@@ -120,9 +121,19 @@ pub(crate) fn apply_lut(s: &mut Samples<'_>, lut: &[[u8; 256]]) {
         s.data.iter_mut().for_each(|v| *v = t[*v as usize]);
         return;
     }
+    if lut.len() == 3 && colour == 3 {
+        let (l0, l1, l2) = (&lut[0], &lut[1], &lut[2]);
+        for px in s.data.chunks_exact_mut(cn) {
+            px[0] = l0[px[0] as usize];
+            px[1] = l1[px[1] as usize];
+            px[2] = l2[px[2] as usize];
+        }
+        return;
+    }
+    let t = &lut[0];
     for px in s.data.chunks_exact_mut(cn) {
-        for c in 0..colour {
-            px[c] = lut[c.min(lut.len() - 1)][px[c] as usize];
+        for v in &mut px[..colour] {
+            *v = t[*v as usize];
         }
     }
 }

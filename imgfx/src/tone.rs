@@ -166,9 +166,17 @@ pub fn autocontrast_in_place(img: &mut DynamicImage, p: &AutocontrastParams) {
         vec![autocontrast_lut(h, p)]
     } else {
         let mut hs = vec![[0u64; 256]; colour];
-        for px in s.data.chunks_exact(cn) {
-            for (c, h) in hs.iter_mut().enumerate() {
-                h[px[c] as usize] += 1;
+        if let [h0, h1, h2] = &mut hs[..] {
+            for px in s.data.chunks_exact(cn) {
+                h0[px[0] as usize] += 1;
+                h1[px[1] as usize] += 1;
+                h2[px[2] as usize] += 1;
+            }
+        } else {
+            for px in s.data.chunks_exact(cn) {
+                for (c, h) in hs.iter_mut().enumerate() {
+                    h[px[c] as usize] += 1;
+                }
             }
         }
         hs.into_iter().map(|h| autocontrast_lut(h, p)).collect()
