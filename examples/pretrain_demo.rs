@@ -1,0 +1,160 @@
+//! `pretrain_demo`: trains the demo base models from scratch on the demo world.
+//!
+//! Base A: every weight trained from a seeded random init on style-A images. Base B: base A fine-tuned on
+//! style-B images (another palette and light), a different model that makes the same kind of images.
+//!
+//! ```text
+//! cargo run --release --example pretrain_demo -- --out_dir assets --steps_a 6000 --steps_b 1500 --seed 0
+//! cargo run --release --example pretrain_demo -- --config tiny --steps_a 50 --steps_b 10 --out_dir /tmp/t
+//! ```
+//! The command line and seed are stored in each checkpoint's `copier_lora.recipe` metadata.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use lora_core::SavePrecision;
+use lora_cuda::demo::{Style, WordTokenizer, World};
+use lora_cuda::model::checkpoint::{load_checkpoint, save_checkpoint, ModelInfo};
+use lora_cuda::model::{ClipConfig, SdModel, UNetConfig};
+use lora_cuda::schedule::{ScheduleKind, Warmup};
+use lora_cuda::train::{TrainConfig, TrainItem, Trainable, Trainer};
+
+#[derive(Parser, Debug)]
+#[command(about = "Pretrain the demo base models A and B", rename_all = "snake_case")]
+struct Args {
+    /// Output folder for demo_base_a.safetensors and demo_base_b.safetensors.
+    #[arg(long, default_value = "assets")]
+    out_dir: PathBuf,
+    /// Model size: demo (64×64) or tiny (16×16, for tests).
+    #[arg(long, default_value = "demo")]
+    config: String,
+    /// Training steps for base A.
+    #[arg(long, default_value_t = 6000)]
+    steps_a: u64,
+    /// Fine-tuning steps for base B.
+    #[arg(long, default_value_t = 1500)]
+    steps_b: u64,
+    /// Batch size.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Peak learning rate (cosine schedule after warmup).
+    #[arg(long, default_value_t = 4e-4)]
+    lr: f64,
+    /// Learning rate of the B fine-tune.
+    #[arg(long, default_value_t = 2e-4)]
+    lr_b: f64,
+    /// Distinct images per style.
+    #[arg(long, default_value_t = 4096)]
+    images: u64,
+    /// Fraction of steps on the empty caption (so classifier-free guidance works).
+    #[arg(long, default_value_t = 0.1)]
+    caption_dropout_rate: f32,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Resume base A from this checkpoint instead of a random init (more steps on top).
+    #[arg(long)]
+    resume_a: Option<PathBuf>,
+    /// Skip base B.
+    #[arg(long)]
+    skip_b: bool,
+    /// Wall-clock budget per model in minutes: training stops early (and saves) when it is spent.
+    #[arg(long)]
+    max_minutes: Option<f64>,
+}
+
+fn data(world: &World, n: u64, seed: u64) -> Vec<TrainItem> {
+    (0..n)
+        .map(|i| {
+            let (scene, img) = world.sample(seed.wrapping_mul(1_000_003).wrapping_add(i));
+            TrainItem { pixels: img.to_chw(), caption: scene.caption(), repeats: 1 }
+        })
+        .collect()
+}
+
+fn train(model: SdModel, items: &[TrainItem], steps: u64, lr: f64, a: &Args, label: &str) -> Result<(SdModel, u64), String> {
+    let cfg = TrainConfig {
+        learning_rate: lr,
+        lr_scheduler: ScheduleKind::Cosine,
+        lr_warmup: Warmup::Steps((steps / 20).min(500)),
+        max_train_steps: steps,
+        train_batch_size: a.batch,
+        max_grad_norm: 1.0,
+        seed: a.seed,
+        captions: lora_cuda::train::CaptionConfig {
+            caption_dropout_rate: a.caption_dropout_rate,
+            shuffle_caption: true,
+            ..Default::default()
+        },
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(model, Trainable::Full, vec![], WordTokenizer::demo(), cfg).map_err(|e| e.to_string())?;
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{label} {{bar:30}} {{pos}}/{{len}}  loss {{msg}}  {{per_sec}}  ETA {{eta}}"))
+            .map_err(|e| e.to_string())?,
+    );
+    let mut avg = 0.0f32;
+    let start = Instant::now();
+    let mut out_of_time = false;
+    let r = t.run(items, |_, info| {
+        avg = if info.step == 1 { info.loss } else { 0.98 * avg + 0.02 * info.loss };
+        bar.set_message(format!("{avg:.4}"));
+        bar.set_position(info.step);
+        if a.max_minutes.is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0) {
+            out_of_time = true;
+            return Err(lora_cuda::Error::InvalidArgument { what: "--max_minutes".into(), msg: "time budget spent".into() });
+        }
+        Ok(())
+    });
+    match r {
+        Err(_) if out_of_time => eprintln!("{label}: time budget spent after {} steps; saving", t.step_count()),
+        r => r.map_err(|e| e.to_string())?,
+    }
+    bar.finish();
+    let done = t.step_count();
+    Ok((t.model, done))
+}
+
+fn run(a: Args) -> Result<(), String> {
+    let (unet, te, side) = match a.config.as_str() {
+        "demo" => (UNetConfig::demo(), ClipConfig::demo(), 64),
+        "tiny" => (UNetConfig::tiny(), ClipConfig::tiny(), 16),
+        o => return Err(format!("--config {o:?} (expected demo or tiny)")),
+    };
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| format!("{}: {e}", a.out_dir.display()))?;
+    let recipe = std::env::args().collect::<Vec<_>>().join(" ");
+    let t0 = Instant::now();
+    let model = match &a.resume_a {
+        Some(p) => load_checkpoint(p).map_err(|e| e.to_string())?.0,
+        None => SdModel::new_random(unet, te, a.seed).map_err(|e| e.to_string())?,
+    };
+    println!("model: {} parameters", model.num_parameters());
+    let items_a = data(&World::new(side, Style::A), a.images, a.seed);
+    let (model_a, done_a) = train(model, &items_a, a.steps_a, a.lr, &a, "base A")?;
+    let mut info = ModelInfo { tokenizer: Some(WordTokenizer::demo()), ..ModelInfo::default() };
+    info.extra.insert("copier_lora.title".into(), "demo base A (style A, trained from scratch)".into());
+    info.extra.insert("copier_lora.recipe".into(), format!("{recipe}  # steps done: {done_a}"));
+    let pa = a.out_dir.join("demo_base_a.safetensors");
+    save_checkpoint(&model_a, &info, &pa, SavePrecision::Fp16).map_err(|e| e.to_string())?;
+    println!("saved {} ({:.0} s)", pa.display(), t0.elapsed().as_secs_f64());
+    if a.skip_b {
+        return Ok(());
+    }
+    let items_b = data(&World::new(side, Style::B), a.images, a.seed ^ 0xB);
+    let (model_b, done_b) = train(model_a, &items_b, a.steps_b, a.lr_b, &a, "base B")?;
+    info.extra.insert("copier_lora.title".into(), "demo base B (base A fine-tuned on style B)".into());
+    info.extra.insert("copier_lora.recipe".into(), format!("{recipe}  # steps done: A {done_a}, B {done_b}"));
+    let pb = a.out_dir.join("demo_base_b.safetensors");
+    save_checkpoint(&model_b, &info, &pb, SavePrecision::Fp16).map_err(|e| e.to_string())?;
+    println!("saved {} ({:.0} s)", pb.display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
