@@ -183,7 +183,30 @@ impl LoraModule {
             .view()
             .into_shape_with_order((r, inn))
             .expect("validated shape");
-        u.dot(&d)
+        // matrixmultiply directly, not `dot`: with ndarray's `blas` feature switched on elsewhere in a
+        // workspace, `dot` would need a BLAS library linked into every binary that uses this crate.
+        let mut p = ndarray::Array2::<f32>::zeros((out, inn));
+        // SAFETY: u is out×r, d is r×inn and p is out×inn, all in standard (row-major) layout, so
+        // every pointer and stride below stays inside its array.
+        unsafe {
+            matrixmultiply::sgemm(
+                out,
+                r,
+                inn,
+                1.0,
+                u.as_ptr(),
+                r as isize,
+                1,
+                d.as_ptr(),
+                inn as isize,
+                1,
+                0.0,
+                p.as_mut_ptr(),
+                inn as isize,
+                1,
+            );
+        }
+        p
     }
 
     /// The merged delta of §1.1, shaped like the base weight: `(m·(U@D))·scale`, evaluated in that
