@@ -15,7 +15,9 @@ use lora_core::SavePrecision;
 use lora_ops::{extract_files, ExtractOptions, ModelFamily};
 
 #[derive(Parser, Debug)]
-#[command(about = "Extract a LoRA from two checkpoints (sd-scripts extract_lora_from_models.py compatible)")]
+#[command(
+    about = "Extract a LoRA from two checkpoints (sd-scripts extract_lora_from_models.py compatible)"
+)]
 struct Args {
     /// Stable Diffusion 2.x models.
     #[arg(long = "v2")]
@@ -71,7 +73,12 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.v2 && a.sdxl {
         return Err("v2 and sdxl are mutually exclusive".into());
     }
-    let _ = (a.device, a.load_precision, a.load_original_model_to, a.load_tuned_model_to);
+    let _ = (
+        a.device,
+        a.load_precision,
+        a.load_original_model_to,
+        a.load_tuned_model_to,
+    );
     let family = if a.sdxl {
         ModelFamily::Sdxl
     } else if a.v2 {
@@ -109,7 +116,11 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if !report.text_encoder_kept {
         eprintln!("Text encoder is same. Extract U-Net only.");
     }
-    eprintln!("extracted {} modules into {}", report.modules, a.save_to.display());
+    eprintln!(
+        "extracted {} modules into {}",
+        report.modules,
+        a.save_to.display()
+    );
     Ok(())
 }
 

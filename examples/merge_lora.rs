@@ -15,10 +15,14 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_core::{LoraFile, SaveOptions, SavePrecision};
 use lora_ops::modelspec::{merged_from, ModelSpec};
-use lora_ops::{merge_into_checkpoint, merge_loras, LoraMergeOptions, ModelFamily, ModelMergeOptions};
+use lora_ops::{
+    merge_into_checkpoint, merge_loras, LoraMergeOptions, ModelFamily, ModelMergeOptions,
+};
 
 #[derive(Parser, Debug)]
-#[command(about = "Merge LoRAs into a model or into one LoRA (sd-scripts merge_lora.py compatible)")]
+#[command(
+    about = "Merge LoRAs into a model or into one LoRA (sd-scripts merge_lora.py compatible)"
+)]
 struct Args {
     /// The model is Stable Diffusion 2.x.
     #[arg(long = "v2")]
@@ -68,12 +72,24 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         inputs.push(m);
     }
     lora_core::ensure_not_input(&a.save_to, &inputs)?;
-    let ratios = if a.ratios.is_empty() { vec![1.0; a.models.len()] } else { a.ratios.clone() };
+    let ratios = if a.ratios.is_empty() {
+        vec![1.0; a.models.len()]
+    } else {
+        a.ratios.clone()
+    };
     if ratios.len() != a.models.len() {
         return Err(format!("{} models but {} ratios", a.models.len(), ratios.len()).into());
     }
-    let loras = a.models.iter().map(LoraFile::load).collect::<Result<Vec<_>, _>>()?;
-    let title = a.save_to.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let loras = a
+        .models
+        .iter()
+        .map(LoraFile::load)
+        .collect::<Result<Vec<_>, _>>()?;
+    let title = a
+        .save_to
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let family = if a.sdxl {
         ModelFamily::Sdxl
     } else if a.v2 {
@@ -89,7 +105,11 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 family,
                 precision: a.precision,
                 save_precision: a.save_precision,
-                spec: ModelSpec { title, merged_from: Some(merged_from(&from)), ..Default::default() },
+                spec: ModelSpec {
+                    title,
+                    merged_from: Some(merged_from(&from)),
+                    ..Default::default()
+                },
                 no_metadata: a.no_metadata,
             };
             let pairs: Vec<(&LoraFile, f32)> = loras.iter().zip(ratios.iter().copied()).collect();
@@ -107,11 +127,20 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             for name in &report.skipped {
                 eprintln!("no module found for LoRA weight: {name}");
             }
-            eprintln!("merged {} modules into {} ({} tensors)", report.merged, a.save_to.display(), report.tensors);
+            eprintln!(
+                "merged {} modules into {} ({} tensors)",
+                report.merged,
+                a.save_to.display(),
+                report.tensors
+            );
         }
         None => {
             let refs: Vec<&LoraFile> = loras.iter().collect();
-            let opts = LoraMergeOptions { ratios, concat: a.concat, precision: a.precision };
+            let opts = LoraMergeOptions {
+                ratios,
+                concat: a.concat,
+                precision: a.precision,
+            };
             let mut out = merge_loras(&refs, &opts)?;
             if !a.no_metadata {
                 ModelSpec {
@@ -127,7 +156,11 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             let precision = a.save_precision.unwrap_or(a.precision);
             out.save(&a.save_to, precision, &SaveOptions::default())?;
-            eprintln!("merged {} modules into {}", out.modules.len(), a.save_to.display());
+            eprintln!(
+                "merged {} modules into {}",
+                out.modules.len(),
+                a.save_to.display()
+            );
         }
     }
     Ok(())

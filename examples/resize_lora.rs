@@ -49,27 +49,45 @@ struct Args {
 fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let ext_ok = a.save_to.extension().is_some_and(|e| e == "safetensors");
     if !ext_ok {
-        return Err(format!("{}: only .safetensors output is supported", a.save_to.display()).into());
+        return Err(format!(
+            "{}: only .safetensors output is supported",
+            a.save_to.display()
+        )
+        .into());
     }
     lora_core::ensure_not_input(&a.save_to, &[&a.model])?;
     let dynamic = match (a.dynamic_method, a.dynamic_param) {
         (None, _) => None,
         (Some(m), Some(p)) if p != 0.0 => Some((m, p)),
-        (Some(_), _) => return Err("If using dynamic_method, then dynamic_param is required".into()),
+        (Some(_), _) => {
+            return Err("If using dynamic_method, then dynamic_param is required".into())
+        }
     };
     let _ = a.device;
     let bar = ProgressBar::new_spinner().with_message(format!("resizing {}", a.model.display()));
     bar.enable_steady_tick(Duration::from_millis(120));
     let lora = LoraFile::load(&a.model)?;
-    let opts = ResizeOptions { new_rank: a.new_rank, new_conv_rank: a.new_conv_rank, dynamic };
+    let opts = ResizeOptions {
+        new_rank: a.new_rank,
+        new_conv_rank: a.new_conv_rank,
+        dynamic,
+    };
     let (out, report) = resize(&lora, &opts)?;
-    out.save(&a.save_to, a.save_precision.unwrap_or(SavePrecision::Float), &SaveOptions::default())?;
+    out.save(
+        &a.save_to,
+        a.save_precision.unwrap_or(SavePrecision::Float),
+        &SaveOptions::default(),
+    )?;
     bar.finish_and_clear();
     if a.verbose {
         println!("{}", report.verbose_text());
         println!("{}", report.summary_line());
     }
-    eprintln!("resized {} modules, saved to {}", report.modules.len(), a.save_to.display());
+    eprintln!(
+        "resized {} modules, saved to {}",
+        report.modules.len(),
+        a.save_to.display()
+    );
     Ok(())
 }
 

@@ -54,9 +54,17 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = a.device;
     let bar = ProgressBar::new_spinner().with_message("merging");
     bar.enable_steady_tick(Duration::from_millis(120));
-    let loras = a.models.iter().map(LoraFile::load).collect::<Result<Vec<_>, _>>()?;
+    let loras = a
+        .models
+        .iter()
+        .map(LoraFile::load)
+        .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&LoraFile> = loras.iter().collect();
-    let ratios = if a.ratios.is_empty() { vec![1.0; refs.len()] } else { a.ratios.clone() };
+    let ratios = if a.ratios.is_empty() {
+        vec![1.0; refs.len()]
+    } else {
+        a.ratios.clone()
+    };
     let opts = SvdMergeOptions {
         ratios,
         new_rank: a.new_rank,
@@ -66,24 +74,39 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut out = svd_merge(&refs, &opts)?;
     if !a.no_metadata {
-        let base = out.metadata.get("ss_base_model_version").unwrap_or("").to_lowercase();
+        let base = out
+            .metadata
+            .get("ss_base_model_version")
+            .unwrap_or("")
+            .to_lowercase();
         let v2 = out.metadata.get("ss_v2") == Some("True");
         ModelSpec {
             v2,
             v_parameterization: v2,
             sdxl: base.starts_with("sdxl"),
             lora: true,
-            title: a.save_to.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            title: a
+                .save_to
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             merged_from: Some(merged_from(&a.models)),
             ..Default::default()
         }
         .add_to(&mut out.metadata);
     }
     let precision = a.save_precision.unwrap_or(a.precision);
-    let save = SaveOptions { alpha_dtype: lora_core::AlphaDtype::I64, ..SaveOptions::default() };
+    let save = SaveOptions {
+        alpha_dtype: lora_core::AlphaDtype::I64,
+        ..SaveOptions::default()
+    };
     out.save(&a.save_to, precision, &save)?;
     bar.finish_and_clear();
-    eprintln!("merged {} modules into {}", out.modules.len(), a.save_to.display());
+    eprintln!(
+        "merged {} modules into {}",
+        out.modules.len(),
+        a.save_to.display()
+    );
     Ok(())
 }
 

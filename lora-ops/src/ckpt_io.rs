@@ -15,11 +15,17 @@ use ndarray::{ArrayD, IxDyn};
 use crate::error::{Error, Result};
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.to_path_buf(), source: e }
+    Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
 }
 
 fn format_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Format { path: path.to_path_buf(), message: message.into() }
+    Error::Format {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 /// A checkpoint opened for streaming reads: `.safetensors` by positioned reads, `.ckpt`/`.pt` through
@@ -67,7 +73,9 @@ impl CheckpointReader {
     /// Tensor names.
     pub fn names(&self) -> Vec<String> {
         match self {
-            CheckpointReader::Safetensors { st, .. } => st.names().into_iter().map(str::to_string).collect(),
+            CheckpointReader::Safetensors { st, .. } => {
+                st.names().into_iter().map(str::to_string).collect()
+            }
             CheckpointReader::Torch(c) => c.names().into_iter().map(str::to_string).collect(),
         }
     }
@@ -98,7 +106,8 @@ impl CheckpointReader {
                 let i = st.info(name)?;
                 let (a, b) = i.data_offsets;
                 let mut buf = vec![0u8; b - a];
-                file.read_exact_at(&mut buf, (st.data_start() + a) as u64).map_err(|e| io(st.path(), e))?;
+                file.read_exact_at(&mut buf, (st.data_start() + a) as u64)
+                    .map_err(|e| io(st.path(), e))?;
                 Ok(buf)
             }
             CheckpointReader::Torch(c) => Ok(c.raw(name)?.data.into_owned()),
@@ -117,11 +126,20 @@ impl CheckpointReader {
                 }
             }
         };
-        let v = v.ok_or_else(|| format_err(self.path(), format!("tensor {name}: cannot read {dtype} as f32")))?;
+        let v = v.ok_or_else(|| {
+            format_err(
+                self.path(),
+                format!("tensor {name}: cannot read {dtype} as f32"),
+            )
+        })?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(format_err(self.path(), format!("tensor {name}: non-finite value {} at index {i}", v[i])));
+            return Err(format_err(
+                self.path(),
+                format!("tensor {name}: non-finite value {} at index {i}", v[i]),
+            ));
         }
-        ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| format_err(self.path(), format!("tensor {name}: {e}")))
+        ArrayD::from_shape_vec(IxDyn(&shape), v)
+            .map_err(|e| format_err(self.path(), format!("tensor {name}: {e}")))
     }
 }
 
@@ -136,14 +154,23 @@ pub fn bytes_to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
         return None;
     }
     Some(match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         DType::F16 => {
-            let h: Vec<f16> = bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect();
+            let h: Vec<f16> = bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                .collect();
             let mut out = vec![0f32; h.len()];
             half::slice::HalfFloatSliceExt::convert_to_f32_slice(&h[..], &mut out);
             out
         }
-        _ => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
     })
 }
 
@@ -157,7 +184,11 @@ pub fn f32_to_bytes(dtype: DType, v: &[f32]) -> Option<Vec<u8>> {
             half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut h[..], v);
             Some(h.iter().flat_map(|x| x.to_le_bytes()).collect())
         }
-        DType::BF16 => Some(v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect()),
+        DType::BF16 => Some(
+            v.iter()
+                .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+                .collect(),
+        ),
         _ => None,
     }
 }
@@ -186,15 +217,22 @@ impl OutTensor {
 
 /// Sorts tensors as the safetensors crate writes them: descending dtype, then name ascending (§1.4).
 pub fn safetensors_sort(tensors: &mut [OutTensor]) {
-    tensors.sort_by(|a, b| b.dtype.to_safetensors().cmp(&a.dtype.to_safetensors()).then(a.name.cmp(&b.name)));
+    tensors.sort_by(|a, b| {
+        b.dtype
+            .to_safetensors()
+            .cmp(&a.dtype.to_safetensors())
+            .then(a.name.cmp(&b.name))
+    });
 }
 
 /// The padded header bytes (`u64` length + JSON padded with spaces to 8) for tensors already in file order.
 pub fn header_bytes(tensors: &[OutTensor], metadata: &Metadata) -> Vec<u8> {
     let mut root = serde_json::Map::new();
     if !metadata.is_empty() {
-        let m: serde_json::Map<String, serde_json::Value> =
-            metadata.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+        let m: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
         root.insert("__metadata__".into(), serde_json::Value::Object(m));
     }
     let mut at = 0usize;
@@ -233,16 +271,23 @@ where
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tmp = tempfile::Builder::new().prefix(".lora-ops-").suffix(".tmp").tempfile_in(&dir).map_err(|e| io(path, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".lora-ops-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(|e| io(path, e))?;
     {
         let mut w = BufWriter::with_capacity(8 << 20, tmp.as_file());
-        w.write_all(&header_bytes(tensors, metadata)).map_err(|e| io(path, e))?;
+        w.write_all(&header_bytes(tensors, metadata))
+            .map_err(|e| io(path, e))?;
         let mut written = 0u64;
         let mut start = 0;
         while start < tensors.len() {
             let mut end = start;
             let mut size = 0;
-            while end < tensors.len() && (end == start || size + tensors[end].byte_len() <= batch_bytes) {
+            while end < tensors.len()
+                && (end == start || size + tensors[end].byte_len() <= batch_bytes)
+            {
                 size += tensors[end].byte_len();
                 end += 1;
             }
@@ -252,7 +297,12 @@ where
                 if b.len() != t.byte_len() {
                     return Err(format_err(
                         path,
-                        format!("tensor {}: produced {} bytes, expected {}", t.name, b.len(), t.byte_len()),
+                        format!(
+                            "tensor {}: produced {} bytes, expected {}",
+                            t.name,
+                            b.len(),
+                            t.byte_len()
+                        ),
                     ));
                 }
                 w.write_all(b).map_err(|e| io(path, e))?;
@@ -276,8 +326,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.safetensors");
         let mut ts = vec![
-            OutTensor { name: "b".into(), dtype: DType::F16, shape: vec![2, 3] },
-            OutTensor { name: "a".into(), dtype: DType::F32, shape: vec![3] },
+            OutTensor {
+                name: "b".into(),
+                dtype: DType::F16,
+                shape: vec![2, 3],
+            },
+            OutTensor {
+                name: "a".into(),
+                dtype: DType::F32,
+                shape: vec![3],
+            },
         ];
         safetensors_sort(&mut ts);
         assert_eq!(ts[0].name, "a");

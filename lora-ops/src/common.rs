@@ -43,20 +43,32 @@ impl Drop for SingleThreadedBlas {
 }
 
 /// A module's shape, rank and 2-D views of its factors (`up: out × r`, `down: r × in·kh·kw`).
-pub(crate) fn module_views(m: &LoraModule) -> Result<(ModuleShape, ArrayView2<'_, f32>, ArrayView2<'_, f32>)> {
+pub(crate) fn module_views(
+    m: &LoraModule,
+) -> Result<(ModuleShape, ArrayView2<'_, f32>, ArrayView2<'_, f32>)> {
     let (shape, _) = ModuleShape::from_factors(m.down.shape(), m.up.shape(), &m.name)?;
     if !m.down.is_standard_layout() || !m.up.is_standard_layout() {
         return Err(Error::shape(&m.name, "factors are not in standard layout"));
     }
-    Ok((shape, as_matrix(&m.up, &m.name)?, as_matrix(&m.down, &m.name)?))
+    Ok((
+        shape,
+        as_matrix(&m.up, &m.name)?,
+        as_matrix(&m.down, &m.name)?,
+    ))
 }
 
 /// Builds a module from 2-D factors, reshaped to `shape`.
-pub(crate) fn module_from_factors(name: &str, shape: ModuleShape, f: Factors, alpha: Option<f32>) -> Result<LoraModule> {
+pub(crate) fn module_from_factors(
+    name: &str,
+    shape: ModuleShape,
+    f: Factors,
+    alpha: Option<f32>,
+) -> Result<LoraModule> {
     let k = f.rank();
     let to_dyn = |a: ndarray::Array2<f32>, s: Vec<usize>| -> Result<ArrayD<f32>> {
         let a = a.as_standard_layout().into_owned();
-        a.into_shape_with_order(IxDyn(&s)).map_err(|e| Error::shape(name, e.to_string()))
+        a.into_shape_with_order(IxDyn(&s))
+            .map_err(|e| Error::shape(name, e.to_string()))
     };
     let down = to_dyn(f.down, shape.down_shape(k))?;
     let up = to_dyn(f.up, shape.up_shape(k))?;
@@ -82,8 +94,14 @@ pub(crate) fn round_value(v: f32, p: SavePrecision) -> f32 {
 }
 
 /// The `v2` and `ss_base_model_version` strings of the first input that has them (§2.3).
-pub(crate) fn first_v2_and_base(loras: &[&lora_core::LoraFile]) -> (Option<String>, Option<String>) {
-    let v2 = loras.iter().find_map(|l| l.metadata.get("ss_v2").map(str::to_string));
-    let base = loras.iter().find_map(|l| l.metadata.get("ss_base_model_version").map(str::to_string));
+pub(crate) fn first_v2_and_base(
+    loras: &[&lora_core::LoraFile],
+) -> (Option<String>, Option<String>) {
+    let v2 = loras
+        .iter()
+        .find_map(|l| l.metadata.get("ss_v2").map(str::to_string));
+    let base = loras
+        .iter()
+        .find_map(|l| l.metadata.get("ss_base_model_version").map(str::to_string));
     (v2, base)
 }

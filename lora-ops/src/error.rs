@@ -69,16 +69,29 @@ impl Error {
     /// Wraps the error with the file it happened in (unless it already names one).
     pub fn in_file(self, path: impl Into<PathBuf>) -> Error {
         match self {
-            e @ (Error::Io { .. } | Error::Format { .. } | Error::InFile { .. } | Error::Core(_)) => e,
-            e => Error::InFile { path: path.into(), source: Box::new(e) },
+            e @ (Error::Io { .. }
+            | Error::Format { .. }
+            | Error::InFile { .. }
+            | Error::Core(_)) => e,
+            e => Error::InFile {
+                path: path.into(),
+                source: Box::new(e),
+            },
         }
     }
 
     pub(crate) fn linalg(tensor: &str, op: &'static str, e: impl std::fmt::Display) -> Error {
-        Error::Linalg { tensor: tensor.to_string(), op, message: e.to_string() }
+        Error::Linalg {
+            tensor: tensor.to_string(),
+            op,
+            message: e.to_string(),
+        }
     }
 
     pub(crate) fn shape(tensor: &str, message: impl Into<String>) -> Error {
-        Error::Shape { tensor: tensor.to_string(), message: message.into() }
+        Error::Shape {
+            tensor: tensor.to_string(),
+            message: message.into(),
+        }
     }
 }

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lora_core::names::{ldm_targets, ModuleEntry, Table};
-use lora_core::{py_float_repr, py_json_dumps, LoraFile, LoraModule, Metadata, ModuleKind, PyValue};
+use lora_core::{
+    py_float_repr, py_json_dumps, LoraFile, LoraModule, Metadata, ModuleKind, PyValue,
+};
 use ndarray::{ArrayD, Axis, IxDyn};
 use rayon::prelude::*;
 
@@ -68,17 +70,28 @@ pub fn extract_module_list(family: ModelFamily, conv: bool) -> Vec<&'static Modu
         (ModelFamily::Sdxl, false) => Table::Sdxl.entries().iter().collect(),
         (ModelFamily::Sdxl, true) => Table::SdxlConv.entries().iter().collect(),
         (ModelFamily::Sd2, conv) => {
-            let mut v: Vec<&'static ModuleEntry> = Table::Sd2ExtractLinearProj.entries().iter().collect();
+            let mut v: Vec<&'static ModuleEntry> =
+                Table::Sd2ExtractLinearProj.entries().iter().collect();
             if conv {
-                let plain: std::collections::HashSet<&str> = Table::Sd1.entries().iter().map(|e| e.name).collect();
-                v.extend(Table::Sd1Conv.entries().iter().filter(|e| !plain.contains(e.name)));
+                let plain: std::collections::HashSet<&str> =
+                    Table::Sd1.entries().iter().map(|e| e.name).collect();
+                v.extend(
+                    Table::Sd1Conv
+                        .entries()
+                        .iter()
+                        .filter(|e| !plain.contains(e.name)),
+                );
             }
             v
         }
     }
 }
 
-fn read_weight(ck: &CheckpointReader, entry: &ModuleEntry, family: ModelFamily) -> Result<ArrayD<f32>> {
+fn read_weight(
+    ck: &CheckpointReader,
+    entry: &ModuleEntry,
+    family: ModelFamily,
+) -> Result<ArrayD<f32>> {
     let base = match family {
         ModelFamily::Sd1 => lora_core::BaseModel::Sd1,
         ModelFamily::Sd2 => lora_core::BaseModel::Sd2,
@@ -91,7 +104,10 @@ fn read_weight(ck: &CheckpointReader, entry: &ModuleEntry, family: ModelFamily) 
             message: format!(
                 "module {}: weight {} not found",
                 entry.name,
-                targets.first().map(|t| t.key.as_str()).unwrap_or("(no mapping)")
+                targets
+                    .first()
+                    .map(|t| t.key.as_str())
+                    .unwrap_or("(no mapping)")
             ),
         });
     };
@@ -119,8 +135,8 @@ fn read_weight(ck: &CheckpointReader, entry: &ModuleEntry, family: ModelFamily) 
             ),
         });
     }
-    Ok(w.into_shape_with_order(IxDyn(&[entry.out_features, entry.in_features * kh * kw]))
-        .map_err(|e| Error::shape(entry.name, e.to_string()))?)
+    w.into_shape_with_order(IxDyn(&[entry.out_features, entry.in_features * kh * kw]))
+        .map_err(|e| Error::shape(entry.name, e.to_string()))
 }
 
 /// Extracts a LoRA from `tuned − original` (the user-level call) over every module of the family (see
@@ -145,10 +161,14 @@ pub fn extract_modules(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(LoraFile, ExtractReport)> {
     if opts.dim == 0 || opts.conv_dim == Some(0) {
-        return Err(Error::InvalidArgument("dim and conv_dim must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "dim and conv_dim must be at least 1".into(),
+        ));
     }
     if let Some(q) = opts.clamp_quantile.filter(|q| !(0.0..=1.0).contains(q)) {
-        return Err(Error::InvalidArgument(format!("clamp_quantile {q} is not in [0, 1]")));
+        return Err(Error::InvalidArgument(format!(
+            "clamp_quantile {q} is not in [0, 1]"
+        )));
     }
     let total = entries.len();
     let done = AtomicUsize::new(0);
@@ -162,12 +182,28 @@ pub fn extract_modules(
             drop(a);
             let max_abs = d.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let (shape, is_kxk) = match e.kind {
-                ModuleKind::Conv { kernel: [kh, kw] } => {
-                    (ModuleShape::Conv { out: e.out_features, inp: e.in_features, kh, kw }, kh * kw > 1)
-                }
-                _ => (ModuleShape::Linear { out: e.out_features, inp: e.in_features }, false),
+                ModuleKind::Conv { kernel: [kh, kw] } => (
+                    ModuleShape::Conv {
+                        out: e.out_features,
+                        inp: e.in_features,
+                        kh,
+                        kw,
+                    },
+                    kh * kw > 1,
+                ),
+                _ => (
+                    ModuleShape::Linear {
+                        out: e.out_features,
+                        inp: e.in_features,
+                    },
+                    false,
+                ),
             };
-            let rank = if is_kxk { opts.conv_dim.unwrap_or(opts.dim) } else { opts.dim };
+            let rank = if is_kxk {
+                opts.conv_dim.unwrap_or(opts.dim)
+            } else {
+                opts.dim
+            };
             let k = rank.min(e.in_features).min(e.out_features);
             let dm = as_matrix(&d, e.name)?;
             let f = extract_factors(dm, k, opts.clamp_quantile, &opts.rsvd, e.name, ws)?;
@@ -178,9 +214,14 @@ pub fn extract_modules(
         })
         .collect();
     let results = results.into_iter().collect::<Result<Vec<_>>>()?;
-    let te_kept = results.iter().any(|(_, te, max)| *te && *max > opts.min_diff);
-    let modules: Vec<LoraModule> =
-        results.into_iter().filter(|(_, te, _)| te_kept || !*te).map(|(m, _, _)| m).collect();
+    let te_kept = results
+        .iter()
+        .any(|(_, te, max)| *te && *max > opts.min_diff);
+    let modules: Vec<LoraModule> = results
+        .into_iter()
+        .filter(|(_, te, _)| te_kept || !*te)
+        .map(|(m, _, _)| m)
+        .collect();
     let v2 = opts.family == ModelFamily::Sd2;
     let v_param = opts.v_parameterization.unwrap_or(v2);
     let version = match (opts.family, v_param) {
@@ -204,7 +245,10 @@ pub fn extract_modules(
         ]),
     };
     meta.insert("ss_network_args", args);
-    let report = ExtractReport { text_encoder_kept: te_kept, modules: modules.len() };
+    let report = ExtractReport {
+        text_encoder_kept: te_kept,
+        modules: modules.len(),
+    };
 
     Ok((LoraFile::new(modules, meta), report))
 }
@@ -231,7 +275,10 @@ pub fn extract_files(
             v_parameterization: opts.v_parameterization.unwrap_or(v2),
             sdxl: opts.family == ModelFamily::Sdxl,
             lora: true,
-            title: output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            title: output
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             ..Default::default()
         }
         .add_to(&mut lora.metadata);

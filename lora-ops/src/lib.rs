@@ -56,17 +56,17 @@ extern crate ndarray_linalg;
 
 pub mod ckpt_io;
 mod common;
-pub mod extract;
-pub mod model_merge;
 pub mod error;
-pub mod lora_merge;
-pub mod modelspec;
-pub mod resize;
-pub mod svd_merge;
+pub mod extract;
 pub mod linalg;
+pub mod lora_merge;
+pub mod model_merge;
+pub mod modelspec;
 pub mod module;
 pub mod rank;
+pub mod resize;
 pub mod shape;
+pub mod svd_merge;
 
 pub use common::SingleThreadedBlas;
 pub use error::{Error, Result};

@@ -51,12 +51,18 @@ fn check_finite(a: ArrayView2<f32>, tensor: &str) -> Result<()> {
     if a.iter().all(|v| v.is_finite()) {
         Ok(())
     } else {
-        Err(Error::NonFinite { tensor: tensor.to_string() })
+        Err(Error::NonFinite {
+            tensor: tensor.to_string(),
+        })
     }
 }
 
 fn empty_svd(m: usize, n: usize) -> Svd {
-    Svd { u: Array2::zeros((m, 0)), s: Array1::zeros(0), vt: Array2::zeros((0, n)) }
+    Svd {
+        u: Array2::zeros((m, 0)),
+        s: Array1::zeros(0),
+        vt: Array2::zeros((0, n)),
+    }
 }
 
 /// Thin SVD of a dense matrix with LAPACK `gesdd` (`SVDDC`, `JobSvd::Some`).
@@ -67,10 +73,19 @@ pub fn dense_svd(a: ArrayView2<f32>, tensor: &str) -> Result<Svd> {
     }
     check_finite(a, tensor)?;
     // LAPACK wants a standard layout; `to_owned` gives one.
-    let (u, s, vt) = a.to_owned().svddc_into(JobSvd::Some).map_err(|e| Error::linalg(tensor, "svd", e))?;
+    let (u, s, vt) = a
+        .to_owned()
+        .svddc_into(JobSvd::Some)
+        .map_err(|e| Error::linalg(tensor, "svd", e))?;
     let (u, vt) = match (u, vt) {
         (Some(u), Some(vt)) => (u, vt),
-        _ => return Err(Error::linalg(tensor, "svd", "LAPACK returned no singular vectors")),
+        _ => {
+            return Err(Error::linalg(
+                tensor,
+                "svd",
+                "LAPACK returned no singular vectors",
+            ))
+        }
     };
     Ok(Svd { u, s, vt })
 }
@@ -113,7 +128,10 @@ impl LowRankCore {
         let (m, r) = up.dim();
         let (r2, n) = down.dim();
         if r != r2 {
-            return Err(Error::shape(tensor, format!("up is {m}x{r} but down is {r2}x{n}")));
+            return Err(Error::shape(
+                tensor,
+                format!("up is {m}x{r} but down is {r2}x{n}"),
+            ));
         }
         if m == 0 || n == 0 || r == 0 {
             return Ok(LowRankCore {
@@ -156,7 +174,11 @@ impl LowRankCore {
         }
         let u = self.qa.dot(&self.core.u.slice(s![.., ..k]));
         let vt = self.core.vt.slice(s![..k, ..]).dot(&self.qb.t());
-        Svd { u, s: self.core.s.slice(s![..k]).to_owned(), vt }
+        Svd {
+            u,
+            s: self.core.s.slice(s![..k]).to_owned(),
+            vt,
+        }
     }
 }
 
@@ -176,7 +198,11 @@ impl Default for RsvdParams {
     /// truncated SVD stays ≤ 1 % on LoRA-delta-like spectra (see the `rsvd_error_bound` test), with the
     /// sketch size also raised to at least `1.5·k` by [`randomized_svd`].
     fn default() -> Self {
-        RsvdParams { oversample: 16, power_iters: 3, seed: 0x5eed_1a2b }
+        RsvdParams {
+            oversample: 16,
+            power_iters: 3,
+            seed: 0x5eed_1a2b,
+        }
     }
 }
 
@@ -208,7 +234,12 @@ pub fn sketch_size(k: usize, params: &RsvdParams) -> usize {
 /// Martinsson and Tropp (2011) with power iterations and re-orthonormalisation at each step.
 ///
 /// Falls back to the exact [`dense_svd`] when the sketch would not be much smaller than the matrix.
-pub fn randomized_svd(a: ArrayView2<f32>, k: usize, params: &RsvdParams, tensor: &str) -> Result<Svd> {
+pub fn randomized_svd(
+    a: ArrayView2<f32>,
+    k: usize,
+    params: &RsvdParams,
+    tensor: &str,
+) -> Result<Svd> {
     let (m, n) = a.dim();
     let p = m.min(n);
     if k == 0 || p == 0 {
@@ -236,12 +267,20 @@ pub fn randomized_svd(a: ArrayView2<f32>, k: usize, params: &RsvdParams, tensor:
     let b = q.t().dot(&a); // l × cols
     let small = dense_svd(b.view(), tensor)?;
     let u = q.dot(&small.u);
-    let mut svd = Svd { u, s: small.s, vt: small.vt };
+    let mut svd = Svd {
+        u,
+        s: small.s,
+        vt: small.vt,
+    };
     svd.truncate(k);
     if transposed {
         // A = (Aᵀ)ᵀ = (U S Vt)ᵀ = Vtᵀ S Uᵀ
         let Svd { u, s, vt } = svd;
-        svd = Svd { u: vt.reversed_axes(), s, vt: u.reversed_axes() };
+        svd = Svd {
+            u: vt.reversed_axes(),
+            s,
+            vt: u.reversed_axes(),
+        };
     }
     Ok(svd)
 }
@@ -269,13 +308,21 @@ pub fn quantile(values: &mut [f32], q: f64) -> f32 {
 ///
 /// Used when more components are asked for than the product has non-zero singular values: the
 /// reference's full SVD then returns arbitrary orthonormal "noise" directions with singular value ≈ 0.
-pub fn complete_rows(vt: ArrayView2<f32>, extra: usize, seed: u64, tensor: &str) -> Result<Array2<f32>> {
+pub fn complete_rows(
+    vt: ArrayView2<f32>,
+    extra: usize,
+    seed: u64,
+    tensor: &str,
+) -> Result<Array2<f32>> {
     let (m, n) = vt.dim();
     if extra == 0 {
         return Ok(vt.to_owned());
     }
     if m + extra > n {
-        return Err(Error::shape(tensor, format!("cannot complete {m} rows of length {n} with {extra} more")));
+        return Err(Error::shape(
+            tensor,
+            format!("cannot complete {m} rows of length {n} with {extra} more"),
+        ));
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut g = gaussian(&mut rng, n, extra);
@@ -313,7 +360,12 @@ mod tests {
         let b = dense_svd(dense.view(), "t").unwrap();
         assert_eq!(a.len(), 6);
         for i in 0..6 {
-            assert!((a.s[i] - b.s[i]).abs() <= 1e-4 * b.s[0], "{i}: {} vs {}", a.s[i], b.s[i]);
+            assert!(
+                (a.s[i] - b.s[i]).abs() <= 1e-4 * b.s[0],
+                "{i}: {} vs {}",
+                a.s[i],
+                b.s[i]
+            );
         }
         assert!(rel_err(&a.reconstruct(), &dense) < 1e-5);
     }
@@ -331,7 +383,10 @@ mod tests {
     fn lowrank_rejects_mismatch_and_nan() {
         let up = rand_mat(3, 5, 3);
         let down = rand_mat(4, 4, 7);
-        assert!(matches!(lowrank_svd(up.view(), down.view(), "x"), Err(Error::Shape { .. })));
+        assert!(matches!(
+            lowrank_svd(up.view(), down.view(), "x"),
+            Err(Error::Shape { .. })
+        ));
         let mut down = rand_mat(4, 3, 7);
         down[[1, 1]] = f32::NAN;
         let e = lowrank_svd(up.view(), down.view(), "lora_x").unwrap_err();

@@ -21,7 +21,11 @@ pub struct LoraMergeOptions {
 
 impl Default for LoraMergeOptions {
     fn default() -> Self {
-        LoraMergeOptions { ratios: vec![], concat: false, precision: SavePrecision::Float }
+        LoraMergeOptions {
+            ratios: vec![],
+            concat: false,
+            precision: SavePrecision::Float,
+        }
     }
 }
 
@@ -57,7 +61,10 @@ pub fn merge_loras(loras: &[&LoraFile], opts: &LoraMergeOptions) -> Result<LoraF
             let mut up = m.up.clone();
             round_to_precision(&mut down, opts.precision);
             round_to_precision(&mut up, opts.precision);
-            let alpha = m.alpha.map(|a| round_value(a, opts.precision)).unwrap_or(m.rank() as f32);
+            let alpha = m
+                .alpha
+                .map(|a| round_value(a, opts.precision))
+                .unwrap_or(m.rank() as f32);
             let acc = merged.entry(m.name.clone()).or_insert_with(|| Acc {
                 down: ArrayD::zeros(ndarray::IxDyn(&[0])),
                 up: ArrayD::zeros(ndarray::IxDyn(&[0])),
@@ -69,12 +76,16 @@ pub fn merge_loras(loras: &[&LoraFile], opts: &LoraMergeOptions) -> Result<LoraF
             let s = ((alpha as f64 / acc.base_alpha as f64).sqrt() * ratio as f64) as f32;
             down.mapv_inplace(|v| v * s);
             up.mapv_inplace(|v| v * s.abs());
-            if acc.down.len() == 0 {
+            if acc.down.is_empty() {
                 acc.down = down;
                 acc.up = up;
             } else if opts.concat {
-                if acc.down.shape()[1..] != down.shape()[1..] || acc.up.shape()[0] != up.shape()[0] {
-                    return Err(Error::shape(&m.name, "models disagree on the module's weight shape"));
+                if acc.down.shape()[1..] != down.shape()[1..] || acc.up.shape()[0] != up.shape()[0]
+                {
+                    return Err(Error::shape(
+                        &m.name,
+                        "models disagree on the module's weight shape",
+                    ));
                 }
                 acc.down = concatenate(Axis(0), &[acc.down.view(), down.view()])
                     .map_err(|e| Error::shape(&m.name, e.to_string()))?;
@@ -106,13 +117,33 @@ pub fn merge_loras(loras: &[&LoraFile], opts: &LoraMergeOptions) -> Result<LoraF
         } else {
             (acc.base_alpha as i64).to_string()
         });
-        modules.push(LoraModule::new(name, acc.down, acc.up, Some(acc.base_alpha))?);
+        modules.push(LoraModule::new(
+            name,
+            acc.down,
+            acc.up,
+            Some(acc.base_alpha),
+        )?);
     }
     let all_same = |v: &[String]| v.windows(2).all(|w| w[0] == w[1]);
     let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-    let dim = if all_same(&dims) { dims.first().cloned().unwrap_or_default() } else { "Dynamic".into() };
-    let alpha = if all_same(&alphas) { alphas.first().cloned().unwrap_or_default() } else { "Dynamic".into() };
+    let dim = if all_same(&dims) {
+        dims.first().cloned().unwrap_or_default()
+    } else {
+        "Dynamic".into()
+    };
+    let alpha = if all_same(&alphas) {
+        alphas.first().cloned().unwrap_or_default()
+    } else {
+        "Dynamic".into()
+    };
     let (v2, base) = first_v2_and_base(loras);
-    let meta = Metadata::minimum_network(v2.as_deref(), base.as_deref(), "networks.lora", &dim, &alpha, None);
+    let meta = Metadata::minimum_network(
+        v2.as_deref(),
+        base.as_deref(),
+        "networks.lora",
+        &dim,
+        &alpha,
+        None,
+    );
     Ok(LoraFile::new(modules, meta))
 }

@@ -10,7 +10,10 @@ use lora_core::{BaseModel, DType, LoraFile, Metadata, SavePrecision};
 use ndarray::{s, ArrayView2};
 use rayon::prelude::*;
 
-use crate::ckpt_io::{bytes_to_f32, f32_to_bytes, is_float, safetensors_sort, write_streamed, CheckpointReader, OutTensor};
+use crate::ckpt_io::{
+    bytes_to_f32, f32_to_bytes, is_float, safetensors_sort, write_streamed, CheckpointReader,
+    OutTensor,
+};
 use crate::common::{module_views, round_to_precision, SingleThreadedBlas};
 use crate::error::{Error, Result};
 use crate::modelspec::ModelSpec;
@@ -76,7 +79,13 @@ fn cast_on_save(family: ModelFamily, name: &str, dtype: DType) -> bool {
     is_float(dtype)
         && match family {
             ModelFamily::Sdxl => true,
-            _ => ["model.diffusion_model.", "cond_stage_model.", "first_stage_model."].iter().any(|p| name.starts_with(p)),
+            _ => [
+                "model.diffusion_model.",
+                "cond_stage_model.",
+                "first_stage_model.",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p)),
         }
 }
 
@@ -100,7 +109,9 @@ pub fn merge_into_checkpoint(
     let mut patches: HashMap<String, Vec<Patch>> = HashMap::new();
     for (lora, ratio) in loras {
         for m in &lora.modules {
-            let target = ldm_targets(&m.name, &base).into_iter().find(|t| ckpt.contains(&t.key));
+            let target = ldm_targets(&m.name, &base)
+                .into_iter()
+                .find(|t| ckpt.contains(&t.key));
             let Some(target) = target else {
                 report.skipped.push(m.name.clone());
                 continue;
@@ -124,17 +135,30 @@ pub fn merge_into_checkpoint(
     let mut tensors = Vec::new();
     for name in ckpt.names() {
         let (dtype, shape) = ckpt.info(&name)?;
-        let out_dtype = if cast_on_save(opts.family, &name, dtype) { save } else { dtype };
+        let out_dtype = if cast_on_save(opts.family, &name, dtype) {
+            save
+        } else {
+            dtype
+        };
         if patches.contains_key(&name) && !is_float(dtype) {
             return Err(Error::Format {
                 path: input.to_path_buf(),
-                message: format!("tensor {name}: a LoRA targets it but its dtype {dtype} is not a float type"),
+                message: format!(
+                    "tensor {name}: a LoRA targets it but its dtype {dtype} is not a float type"
+                ),
             });
         }
-        tensors.push(OutTensor { name, dtype: out_dtype, shape });
+        tensors.push(OutTensor {
+            name,
+            dtype: out_dtype,
+            shape,
+        });
     }
     safetensors_sort(&mut tensors);
-    let total: u64 = tensors.iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
+    let total: u64 = tensors
+        .iter()
+        .map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64)
+        .sum();
     let mut meta = Metadata::new();
     if !opts.no_metadata {
         let mut spec = opts.spec.clone();
@@ -187,8 +211,15 @@ pub fn merge_into_checkpoint(
                             None => wm.view_mut(),
                         };
                         let up: ArrayView2<f32> = patch.up.view();
-                        crate::module::add_delta(&mut target, up, patch.down.view(), patch.coef, 1.0, &patch.name)
-                            .map_err(|e| e.in_file(input))?;
+                        crate::module::add_delta(
+                            &mut target,
+                            up,
+                            patch.down.view(),
+                            patch.coef,
+                            1.0,
+                            &patch.name,
+                        )
+                        .map_err(|e| e.in_file(input))?;
                     }
                 }
                 f32_to_bytes(t.dtype, &w).ok_or_else(|| Error::Format {
@@ -198,7 +229,9 @@ pub fn merge_into_checkpoint(
             })
             .collect()
     };
-    write_streamed(output, &tensors, &meta, 64 << 20, produce, |w| progress(w, total))?;
+    write_streamed(output, &tensors, &meta, 64 << 20, produce, |w| {
+        progress(w, total)
+    })?;
     report.tensors = tensors.len();
     Ok(report)
 }

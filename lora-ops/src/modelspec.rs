@@ -29,7 +29,12 @@ pub struct ModelSpec {
 pub fn merged_from<P: AsRef<std::path::Path>>(paths: &[P]) -> String {
     paths
         .iter()
-        .map(|p| p.as_ref().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|p| {
+            p.as_ref()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -49,7 +54,12 @@ fn iso_date(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl ModelSpec {
@@ -66,7 +76,11 @@ impl ModelSpec {
         } else {
             "stable-diffusion-v1"
         };
-        let arch = if self.lora { format!("{arch}/lora") } else { arch.to_string() };
+        let arch = if self.lora {
+            format!("{arch}/lora")
+        } else {
+            arch.to_string()
+        };
         let implementation = if (self.lora && self.sdxl) || self.is_stable_diffusion_ckpt {
             "https://github.com/Stability-AI/generative-models"
         } else {
@@ -79,20 +93,33 @@ impl ModelSpec {
         } else {
             "512x512"
         };
-        let ts = self
-            .timestamp
-            .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+        let ts = self.timestamp.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        });
         meta.insert("modelspec.sai_model_spec", "1.0.1");
         meta.insert("modelspec.architecture", arch);
         meta.insert("modelspec.implementation", implementation);
         meta.insert("modelspec.title", self.title.clone());
         meta.insert("modelspec.resolution", resolution);
         meta.insert("modelspec.date", iso_date(ts));
-        meta.insert("modelspec.prediction_type", if self.v_parameterization { "v" } else { "epsilon" });
+        meta.insert(
+            "modelspec.prediction_type",
+            if self.v_parameterization {
+                "v"
+            } else {
+                "epsilon"
+            },
+        );
         if let Some(m) = &self.merged_from {
             meta.insert("modelspec.merged_from", m.clone());
         }
-        meta.insert("modelspec.implementation_version", concat!("copier-lora/", env!("CARGO_PKG_VERSION")));
+        meta.insert(
+            "modelspec.implementation_version",
+            concat!("copier-lora/", env!("CARGO_PKG_VERSION")),
+        );
     }
 }
 
@@ -105,13 +132,35 @@ mod tests {
         assert_eq!(iso_date(0), "1970-01-01T00:00:00");
         assert_eq!(iso_date(1_700_000_000), "2023-11-14T22:13:20");
         let mut m = Metadata::new();
-        ModelSpec { lora: true, sdxl: true, title: "x".into(), timestamp: Some(0), ..Default::default() }.add_to(&mut m);
-        assert_eq!(m.get("modelspec.architecture"), Some("stable-diffusion-xl-v1-base/lora"));
-        assert_eq!(m.get("modelspec.implementation"), Some("https://github.com/Stability-AI/generative-models"));
+        ModelSpec {
+            lora: true,
+            sdxl: true,
+            title: "x".into(),
+            timestamp: Some(0),
+            ..Default::default()
+        }
+        .add_to(&mut m);
+        assert_eq!(
+            m.get("modelspec.architecture"),
+            Some("stable-diffusion-xl-v1-base/lora")
+        );
+        assert_eq!(
+            m.get("modelspec.implementation"),
+            Some("https://github.com/Stability-AI/generative-models")
+        );
         assert_eq!(m.get("modelspec.resolution"), Some("1024x1024"));
         let mut m = Metadata::new();
-        ModelSpec { lora: true, v2: true, v_parameterization: true, ..Default::default() }.add_to(&mut m);
-        assert_eq!(m.get("modelspec.architecture"), Some("stable-diffusion-v2-768-v/lora"));
+        ModelSpec {
+            lora: true,
+            v2: true,
+            v_parameterization: true,
+            ..Default::default()
+        }
+        .add_to(&mut m);
+        assert_eq!(
+            m.get("modelspec.architecture"),
+            Some("stable-diffusion-v2-768-v/lora")
+        );
         assert_eq!(m.get("modelspec.implementation"), Some("diffusers"));
         assert_eq!(m.get("modelspec.prediction_type"), Some("v"));
         assert_eq!(merged_from(&["/a/b.safetensors", "c.ckpt"]), "b, c");

@@ -57,7 +57,9 @@ pub struct Resized {
 /// A deterministic seed from a tensor name (for the random directions of basis completion).
 pub(crate) fn name_seed(name: &str) -> u64 {
     // FNV-1a, stable across runs and platforms.
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Fixes the arbitrary sign of each singular pair: the entry of largest magnitude of each `Vt` row (the first
@@ -73,7 +75,7 @@ pub fn normalize_signs(svd: &mut Svd) {
                 best = i;
             }
         }
-        if row.len() > 0 && row[best] < 0.0 {
+        if !row.is_empty() && row[best] < 0.0 {
             svd.vt.row_mut(j).mapv_inplace(|v| -v);
             svd.u.column_mut(j).mapv_inplace(|v| -v);
         }
@@ -91,7 +93,12 @@ fn factors_from_svd(svd: &Svd, k: usize, out: usize, n: usize, tensor: &str) -> 
     let us = &svd.u.slice(s![.., ..have]) * &svd.s.slice(s![..have]).insert_axis(Axis(0));
     up.slice_mut(s![.., ..have]).assign(&us);
     let down = if have < k {
-        complete_rows(svd.vt.slice(s![..have, ..]), k - have, name_seed(tensor), tensor)?
+        complete_rows(
+            svd.vt.slice(s![..have, ..]),
+            k - have,
+            name_seed(tensor),
+            tensor,
+        )?
     } else {
         svd.vt.slice(s![..k, ..]).to_owned()
     };
@@ -103,7 +110,11 @@ fn check_pair(up: ArrayView2<f32>, down: ArrayView2<f32>, tensor: &str) -> Resul
     if up.ncols() != down.nrows() {
         return Err(Error::shape(
             tensor,
-            format!("lora_up has rank {} but lora_down has rank {}", up.ncols(), down.nrows()),
+            format!(
+                "lora_up has rank {} but lora_down has rank {}",
+                up.ncols(),
+                down.nrows()
+            ),
         ));
     }
     Ok(())
@@ -140,7 +151,12 @@ pub fn resize_factors(
     let stats = ModuleStats::new(&full, rank);
     let k = rank.min(out.min(n));
     let factors = factors_from_svd(&core.svd(k), k, out, n, tensor)?;
-    Ok(Resized { factors, alpha, rank, stats })
+    Ok(Resized {
+        factors,
+        alpha,
+        rank,
+        stats,
+    })
 }
 
 /// One input of [`svd_merge_factors`]: a factor pair and its coefficient `ratio · alpha / rank`.
@@ -166,7 +182,9 @@ pub fn svd_merge_factors(
     ws: &mut Workspace,
 ) -> Result<Factors> {
     let Some(first) = inputs.first() else {
-        return Err(Error::InvalidArgument(format!("{tensor}: no input to merge")));
+        return Err(Error::InvalidArgument(format!(
+            "{tensor}: no input to merge"
+        )));
     };
     let (out, n) = (first.up.nrows(), first.down.ncols());
     let mut total = 0;
@@ -196,7 +214,9 @@ pub fn svd_merge_factors(
     for inp in inputs {
         let r = inp.down.nrows();
         let c = inp.coef;
-        up_stack.slice_mut(s![.., at..at + r]).zip_mut_with(&inp.up, |d, &v| *d = v * c);
+        up_stack
+            .slice_mut(s![.., at..at + r])
+            .zip_mut_with(&inp.up, |d, &v| *d = v * c);
         down_stack.slice_mut(s![at..at + r, ..]).assign(&inp.down);
         at += r;
     }
@@ -253,7 +273,14 @@ pub fn extract_factors(
 ///
 /// `merge_lora.py` evaluates `W + (m·(U@D))·scale`; one GEMM with coefficient `m·scale` differs from
 /// that by at most a rounding step per element.
-pub fn add_delta(weight: &mut ndarray::ArrayViewMut2<f32>, up: ArrayView2<f32>, down: ArrayView2<f32>, m: f32, scale: f32, tensor: &str) -> Result<()> {
+pub fn add_delta(
+    weight: &mut ndarray::ArrayViewMut2<f32>,
+    up: ArrayView2<f32>,
+    down: ArrayView2<f32>,
+    m: f32,
+    scale: f32,
+    tensor: &str,
+) -> Result<()> {
     check_pair(up, down, tensor)?;
     if weight.dim() != (up.nrows(), down.ncols()) {
         return Err(Error::shape(

@@ -174,20 +174,32 @@ mod tests {
         // S0/param = 10/5 = 2: the value 2.0 is *not* above it, so c = 2 (10, 4), k = c + 1 = 3.
         let s = [10.0, 4.0, 2.0, 1.0, 0.5];
         assert_eq!(index_sv_ratio(&s, 5.0), 2);
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 5.0), 64), 3);
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 5.0), 64),
+            3
+        );
         // Just above the threshold counts.
         let s = [10.0, 4.0, 2.000_001, 1.0, 0.5];
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 5.0), 64), 4);
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 5.0), 64),
+            4
+        );
     }
 
     #[test]
     fn sv_ratio_clamps_to_n_minus_one() {
         let s = [1.0, 1.0, 1.0, 1.0];
         // all 4 above threshold → clamp(4, 1, 3) = 3, k = 4
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 2.0), 64), 4);
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 2.0), 64),
+            4
+        );
         // none but S0 above (param 1: threshold S0 itself, strict) → c = 0 → clamp 1 → k = 2
         let s = [3.0, 1.0, 0.5];
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 1.0), 64), 2);
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 1.0), 64),
+            2
+        );
     }
 
     #[test]
@@ -196,14 +208,29 @@ mod tests {
         // the float32 list [.5, .9, 1] returns index 1 (f32 comparison), so k = (1 + 1) + 1 = 3.
         let s = [5.0, 4.0, 1.0];
         assert_eq!(index_sv_cumulative(&s, 0.9), 2);
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.9), 64), 3);
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.9), 64),
+            3
+        );
         // A target just above the second cumulative value needs the third value: clamp(3, 1, 2) = 2 → k = 3.
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.91), 64), 3);
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.91), 64),
+            3
+        );
         // target 0.5 is reached exactly by the first value: i* = 0 → index 1 → k = 2
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.5), 64), 2);
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.5), 64),
+            2
+        );
         let s = [5.0, 4.0, 1.0, 0.0, 0.0, 0.0];
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.9), 64), 3);
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.95), 64), 4);
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.9), 64),
+            3
+        );
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.95), 64),
+            4
+        );
     }
 
     #[test]
@@ -211,7 +238,10 @@ mod tests {
         // S² = [9, 16·0=..]: use S = [3, 2, 1, 1] → S² = [9, 4, 1, 1], total 15.
         // param 0.8 → target 0.64 (f32 of 0.64 in double). cum = [0.6, 0.8667, ...] → i* = 1 → k = 3.
         let s = [3.0, 2.0, 1.0, 1.0];
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvFro, 0.8), 64), 3);
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvFro, 0.8), 64),
+            3
+        );
         // cum[0] = 9/15 = 0.6 in f32; param = sqrt(0.6) → f32(param)² in double, rounded to f32, compared.
         let p = 0.6f64.sqrt() as f32;
         let t = ((p as f64) * (p as f64)) as f32;
@@ -223,8 +253,15 @@ mod tests {
     #[test]
     fn caps_and_zero_matrix() {
         let s = [10.0, 9.0, 8.0, 7.0, 6.0, 5.0];
-        assert_eq!(select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 100.0), 3), 3);
-        assert_eq!(select_rank(&s, RankRule::Fixed, 32), 32, "fixed mode is not capped at the old rank");
+        assert_eq!(
+            select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 100.0), 3),
+            3
+        );
+        assert_eq!(
+            select_rank(&s, RankRule::Fixed, 32),
+            32,
+            "fixed mode is not capped at the old rank"
+        );
         let z = [1e-6, 0.0, 0.0];
         assert_eq!(select_rank(&z, RankRule::Fixed, 8), 1);
         assert_eq!(select_rank(&[], RankRule::Fixed, 8), 1);
@@ -242,7 +279,11 @@ mod tests {
 
     #[test]
     fn parse_methods() {
-        for m in [DynamicMethod::SvRatio, DynamicMethod::SvCumulative, DynamicMethod::SvFro] {
+        for m in [
+            DynamicMethod::SvRatio,
+            DynamicMethod::SvCumulative,
+            DynamicMethod::SvFro,
+        ] {
             assert_eq!(m.as_str().parse::<DynamicMethod>().unwrap(), m);
         }
         assert!("sv_x".parse::<DynamicMethod>().is_err());

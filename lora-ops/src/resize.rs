@@ -21,20 +21,27 @@ pub struct ResizeOptions {
 
 impl Default for ResizeOptions {
     fn default() -> Self {
-        ResizeOptions { new_rank: 4, new_conv_rank: None, dynamic: None }
+        ResizeOptions {
+            new_rank: 4,
+            new_conv_rank: None,
+            dynamic: None,
+        }
     }
 }
 
 impl ResizeOptions {
     fn validate(&self) -> Result<()> {
         if self.new_rank == 0 || self.new_conv_rank == Some(0) {
-            return Err(Error::InvalidArgument("new_rank and new_conv_rank must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "new_rank and new_conv_rank must be at least 1".into(),
+            ));
         }
         if let Some((_, p)) = self.dynamic {
             // The reference tests the parameter's truthiness.
             if p == 0.0 || !p.is_finite() {
                 return Err(Error::InvalidArgument(
-                    "If using dynamic_method, then dynamic_param is required (a non-zero number)".into(),
+                    "If using dynamic_method, then dynamic_param is required (a non-zero number)"
+                        .into(),
                 ));
             }
         }
@@ -82,7 +89,11 @@ impl ResizeReport {
                 m.stats.max_ratio
             ));
             if self.dynamic {
-                s.push_str(&format!(", dynamic | dim: {}, alpha: {}\n", m.stats.new_rank, py_float_repr(m.alpha as f64)));
+                s.push_str(&format!(
+                    ", dynamic | dim: {}, alpha: {}\n",
+                    m.stats.new_rank,
+                    py_float_repr(m.alpha as f64)
+                ));
             } else {
                 s.push('\n');
             }
@@ -92,7 +103,12 @@ impl ResizeReport {
 
     /// Mean and population standard deviation of the Frobenius retention (NaN values excluded).
     pub fn fro_mean_std(&self) -> (f64, f64) {
-        let v: Vec<f64> = self.modules.iter().map(|m| m.stats.fro_retained as f64).filter(|x| !x.is_nan()).collect();
+        let v: Vec<f64> = self
+            .modules
+            .iter()
+            .map(|m| m.stats.fro_retained as f64)
+            .filter(|x| !x.is_nan())
+            .collect();
         if v.is_empty() {
             return (f64::NAN, f64::NAN);
         }
@@ -104,7 +120,11 @@ impl ResizeReport {
     /// `Average Frobenius norm retention: 97.12% | std: 0.012`.
     pub fn summary_line(&self) -> String {
         let (m, s) = self.fro_mean_std();
-        format!("Average Frobenius norm retention: {:.2}% | std: {:.3}", m * 100.0, s)
+        format!(
+            "Average Frobenius norm retention: {:.2}% | std: {:.3}",
+            m * 100.0,
+            s
+        )
     }
 }
 
@@ -125,10 +145,19 @@ pub fn resize(lora: &LoraFile, opts: &ResizeOptions) -> Result<(LoraFile, Resize
         .par_iter()
         .map(|m| {
             let (shape, up, down) = module_views(m)?;
-            let max_rank = if shape.is_conv() { conv_rank } else { opts.new_rank };
+            let max_rank = if shape.is_conv() {
+                conv_rank
+            } else {
+                opts.new_rank
+            };
             // `alpha` 0 in a file is kept as 0 by the reference (scale 0); `None` means scale 1.
             let r = resize_factors(up, down, m.alpha, rule, max_rank, &m.name)?;
-            let report = ModuleReport { name: m.name.clone(), old_rank: m.rank(), alpha: r.alpha, stats: r.stats };
+            let report = ModuleReport {
+                name: m.name.clone(),
+                old_rank: m.rank(),
+                alpha: r.alpha,
+                stats: r.stats,
+            };
             let module = module_from_factors(&m.name, shape, r.factors, Some(r.alpha))?;
             Ok((module, report))
         })
@@ -140,26 +169,42 @@ pub fn resize(lora: &LoraFile, opts: &ResizeOptions) -> Result<(LoraFile, Resize
         modules.push(m);
         reports.push(rep);
     }
-    let report = ResizeReport { modules: reports, dynamic: opts.dynamic.is_some() };
+    let report = ResizeReport {
+        modules: reports,
+        dynamic: opts.dynamic.is_some(),
+    };
     let mut meta = lora.metadata.clone();
     let comment = meta.get("ss_training_comment").unwrap_or("").to_string();
     let old_dim = report.old_dim();
     match opts.dynamic {
         None => {
-            let conv_desc =
-                if opts.new_rank == conv_rank { String::new() } else { format!(" (conv: {conv_rank})") };
+            let conv_desc = if opts.new_rank == conv_rank {
+                String::new()
+            } else {
+                format!(" (conv: {conv_rank})")
+            };
             meta.insert(
                 "ss_training_comment",
-                format!("dimension is resized from {old_dim} to {}{conv_desc}; {comment}", opts.new_rank),
+                format!(
+                    "dimension is resized from {old_dim} to {}{conv_desc}; {comment}",
+                    opts.new_rank
+                ),
             );
             meta.insert("ss_network_dim", opts.new_rank.to_string());
-            let alpha = report.modules.last().map(|m| py_float_repr(m.alpha as f64)).unwrap_or_else(|| "None".into());
+            let alpha = report
+                .modules
+                .last()
+                .map(|m| py_float_repr(m.alpha as f64))
+                .unwrap_or_else(|| "None".into());
             meta.insert("ss_network_alpha", alpha);
         }
         Some((m, p)) => {
             meta.insert(
                 "ss_training_comment",
-                format!("Dynamic resize with {m}: {} from {old_dim}; {comment}", py_float_repr(p)),
+                format!(
+                    "Dynamic resize with {m}: {} from {old_dim}; {comment}",
+                    py_float_repr(p)
+                ),
             );
             meta.insert("ss_network_dim", "Dynamic");
             meta.insert("ss_network_alpha", "Dynamic");

@@ -29,13 +29,32 @@ pub enum ModuleShape {
 
 impl ModuleShape {
     /// Reads the shape from the two tensors' shapes, checking they fit (`tensor` names the module in errors).
-    pub fn from_factors(down: &[usize], up: &[usize], tensor: &str) -> Result<(ModuleShape, usize)> {
+    pub fn from_factors(
+        down: &[usize],
+        up: &[usize],
+        tensor: &str,
+    ) -> Result<(ModuleShape, usize)> {
         match (down, up) {
-            ([r, inp], [out, r2]) if r == r2 => Ok((ModuleShape::Linear { out: *out, inp: *inp }, *r)),
-            ([r, inp, kh, kw], [out, r2, 1, 1]) if r == r2 => {
-                Ok((ModuleShape::Conv { out: *out, inp: *inp, kh: *kh, kw: *kw }, *r))
-            }
-            _ => Err(Error::shape(tensor, format!("lora_down {down:?} and lora_up {up:?} do not form a LoRA pair"))),
+            ([r, inp], [out, r2]) if r == r2 => Ok((
+                ModuleShape::Linear {
+                    out: *out,
+                    inp: *inp,
+                },
+                *r,
+            )),
+            ([r, inp, kh, kw], [out, r2, 1, 1]) if r == r2 => Ok((
+                ModuleShape::Conv {
+                    out: *out,
+                    inp: *inp,
+                    kh: *kh,
+                    kw: *kw,
+                },
+                *r,
+            )),
+            _ => Err(Error::shape(
+                tensor,
+                format!("lora_down {down:?} and lora_up {up:?} do not form a LoRA pair"),
+            )),
         }
     }
 
@@ -106,7 +125,10 @@ pub fn as_matrix<'a>(t: &'a ArrayD<f32>, tensor: &str) -> Result<ArrayView2<'a, 
 pub fn as_matrix_view<'a>(t: ArrayViewD<'a, f32>, tensor: &str) -> Result<ArrayView2<'a, f32>> {
     let shape = t.shape().to_vec();
     let Some((&rows, rest)) = shape.split_first() else {
-        return Err(Error::shape(tensor, "0-dim tensor where a matrix was expected"));
+        return Err(Error::shape(
+            tensor,
+            "0-dim tensor where a matrix was expected",
+        ));
     };
     let cols: usize = rest.iter().product();
     t.into_shape_with_order((rows, cols))

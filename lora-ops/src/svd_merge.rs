@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use lora_core::{LoraFile, LoraModule, Metadata, PyValue, SavePrecision};
 use rayon::prelude::*;
 
-use crate::common::{first_v2_and_base, module_from_factors, module_views, round_to_precision, SingleThreadedBlas};
+use crate::common::{
+    first_v2_and_base, module_from_factors, module_views, round_to_precision, SingleThreadedBlas,
+};
 use crate::error::{Error, Result};
 use crate::module::{svd_merge_factors, WeightedFactors, Workspace};
 use crate::shape::ModuleShape;
@@ -53,7 +55,9 @@ pub fn svd_merge(loras: &[&LoraFile], opts: &SvdMergeOptions) -> Result<LoraFile
         )));
     }
     if opts.new_rank == 0 || opts.new_conv_rank == Some(0) {
-        return Err(Error::InvalidArgument("new_rank and new_conv_rank must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "new_rank and new_conv_rank must be at least 1".into(),
+        ));
     }
     let conv_rank = opts.new_conv_rank.unwrap_or(opts.new_rank);
     // Module name → (model index, module), in model order.
@@ -82,15 +86,26 @@ pub fn svd_merge(loras: &[&LoraFile], opts: &SvdMergeOptions) -> Result<LoraFile
             let shape = rounded[0].0;
             for (s, _, _) in &rounded {
                 if s.out() != shape.out() || s.cols() != shape.cols() {
-                    return Err(Error::shape(name, format!("inputs disagree on the module shape: {s:?} vs {shape:?}")));
+                    return Err(Error::shape(
+                        name,
+                        format!("inputs disagree on the module shape: {s:?} vs {shape:?}"),
+                    ));
                 }
             }
             let mut views = Vec::with_capacity(rounded.len());
             for (_, m, coef) in &rounded {
                 let (_, up, down) = module_views(m)?;
-                views.push(WeightedFactors { up, down, coef: *coef });
+                views.push(WeightedFactors {
+                    up,
+                    down,
+                    coef: *coef,
+                });
             }
-            let max_rank = if shape.is_conv_kxk() { conv_rank } else { opts.new_rank };
+            let max_rank = if shape.is_conv_kxk() {
+                conv_rank
+            } else {
+                opts.new_rank
+            };
             let k = max_rank.min(shape.in_channels()).min(shape.out());
             let f = svd_merge_factors(&views, k, opts.clamp_quantile, name, ws)?;
             let k = f.rank();
@@ -106,7 +121,10 @@ pub fn svd_merge(loras: &[&LoraFile], opts: &SvdMergeOptions) -> Result<LoraFile
         "networks.lora",
         &rank,
         &rank,
-        Some(&[("conv_dim", PyValue::Int(conv_rank as i64)), ("conv_alpha", PyValue::Int(conv_rank as i64))]),
+        Some(&[
+            ("conv_dim", PyValue::Int(conv_rank as i64)),
+            ("conv_alpha", PyValue::Int(conv_rank as i64)),
+        ]),
     );
     Ok(LoraFile::new(modules, meta))
 }

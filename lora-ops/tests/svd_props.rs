@@ -16,7 +16,10 @@ fn randn(rng: &mut StdRng, shape: &[usize]) -> ArrayD<f32> {
 }
 
 fn fro(a: &Array2<f32>) -> f32 {
-    a.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32
+    a.iter()
+        .map(|v| (*v as f64) * (*v as f64))
+        .sum::<f64>()
+        .sqrt() as f32
 }
 
 /// Checks that factors (up·down) are the best rank-k approximation of `m`, as a dense SVD gives it.
@@ -29,12 +32,26 @@ fn assert_matches_dense(m: &Array2<f32>, up: &Array2<f32>, down: &Array2<f32>, k
     let kk = k.min(reference.s.len());
     for i in 0..kk {
         let d = (ours_svd.s[i] - reference.s[i]).abs();
-        assert!(d <= 2e-4 * s0, "singular value {i}: {} vs {} (s0 {s0})", ours_svd.s[i], reference.s[i]);
+        assert!(
+            d <= 2e-4 * s0,
+            "singular value {i}: {} vs {} (s0 {s0})",
+            ours_svd.s[i],
+            reference.s[i]
+        );
     }
     // Truncation error equals the optimum.
-    let tail: f64 = reference.s.iter().skip(kk).map(|&v| (v as f64) * (v as f64)).sum();
+    let tail: f64 = reference
+        .s
+        .iter()
+        .skip(kk)
+        .map(|&v| (v as f64) * (v as f64))
+        .sum();
     let err = fro(&(m - &ours));
-    assert!((err as f64 - tail.sqrt()).abs() <= 2e-4 * s0 as f64 * (1.0 + (k as f64).sqrt()), "err {err} vs {}", tail.sqrt());
+    assert!(
+        (err as f64 - tail.sqrt()).abs() <= 2e-4 * s0 as f64 * (1.0 + (k as f64).sqrt()),
+        "err {err} vs {}",
+        tail.sqrt()
+    );
     // Where the spectrum has a clear gap at k, the approximation itself is unique: compare it.
     if kk < reference.s.len() && reference.s[kk - 1] - reference.s[kk] > 1e-2 * s0 {
         let mut r = reference.clone();
@@ -117,8 +134,12 @@ proptest! {
 /// A matrix `out × n` with prescribed singular values and random singular vectors.
 fn with_spectrum(rng: &mut StdRng, out: usize, n: usize, s: &Array1<f32>) -> Array2<f32> {
     let p = s.len();
-    let a = randn(rng, &[out, p]).into_dimensionality::<ndarray::Ix2>().unwrap();
-    let b = randn(rng, &[n, p]).into_dimensionality::<ndarray::Ix2>().unwrap();
+    let a = randn(rng, &[out, p])
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let b = randn(rng, &[n, p])
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
     let qa = lora_ops::linalg::thin_qr(a.view(), "a").unwrap().0;
     let qb = lora_ops::linalg::thin_qr(b.view(), "b").unwrap().0;
     (&qa * &s.view().insert_axis(ndarray::Axis(0))).dot(&qb.t())
@@ -133,23 +154,62 @@ fn rsvd_error_bound() {
     let (out, n) = (320, 1280);
     let p = out;
     let spectra: Vec<(&str, Array1<f32>)> = vec![
-        ("power -0.5", Array1::from_shape_fn(p, |i| ((i + 1) as f32).powf(-0.5))),
-        ("power -1", Array1::from_shape_fn(p, |i| ((i + 1) as f32).powf(-1.0))),
-        ("power -2", Array1::from_shape_fn(p, |i| ((i + 1) as f32).powf(-2.0))),
-        ("exp", Array1::from_shape_fn(p, |i| (-(i as f32) / 20.0).exp())),
-        ("low rank + noise", Array1::from_shape_fn(p, |i| if i < 40 { 10.0 / (1.0 + i as f32) } else { 0.05 })),
+        (
+            "power -0.5",
+            Array1::from_shape_fn(p, |i| ((i + 1) as f32).powf(-0.5)),
+        ),
+        (
+            "power -1",
+            Array1::from_shape_fn(p, |i| ((i + 1) as f32).powf(-1.0)),
+        ),
+        (
+            "power -2",
+            Array1::from_shape_fn(p, |i| ((i + 1) as f32).powf(-2.0)),
+        ),
+        (
+            "exp",
+            Array1::from_shape_fn(p, |i| (-(i as f32) / 20.0).exp()),
+        ),
+        (
+            "low rank + noise",
+            Array1::from_shape_fn(p, |i| {
+                if i < 40 {
+                    10.0 / (1.0 + i as f32)
+                } else {
+                    0.05
+                }
+            }),
+        ),
     ];
     let mut worst = 0.0f64;
-    let mut cases: Vec<(&str, Array2<f32>)> = spectra.iter().map(|(name, s)| (*name, with_spectrum(&mut rng, out, n, s))).collect();
+    let mut cases: Vec<(&str, Array2<f32>)> = spectra
+        .iter()
+        .map(|(name, s)| (*name, with_spectrum(&mut rng, out, n, s)))
+        .collect();
     // Pure Gaussian noise (Marchenko–Pastur spectrum): the flattest spectrum a difference of two models can
     // plausibly have.
-    cases.push(("gaussian noise", randn(&mut rng, &[out, n]).into_dimensionality::<ndarray::Ix2>().unwrap()));
+    cases.push((
+        "gaussian noise",
+        randn(&mut rng, &[out, n])
+            .into_dimensionality::<ndarray::Ix2>()
+            .unwrap(),
+    ));
     for (name, a) in &cases {
         let exact = dense_svd(a.view(), name).unwrap();
         for k in [8usize, 32, 64] {
-            let tail: f64 = exact.s.iter().skip(k).map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            let tail: f64 = exact
+                .s
+                .iter()
+                .skip(k)
+                .map(|&v| (v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
             for transpose in [false, true] {
-                let m = if transpose { a.t().to_owned() } else { a.clone() };
+                let m = if transpose {
+                    a.t().to_owned()
+                } else {
+                    a.clone()
+                };
                 let svd = randomized_svd(m.view(), k, &RsvdParams::default(), name).unwrap();
                 assert_eq!(svd.len(), k);
                 let err = fro(&(&m - &svd.reconstruct())) as f64;
