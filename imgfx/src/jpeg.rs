@@ -155,41 +155,46 @@ fn ycbcr_subsampled(data: &[u8], w: usize, h: usize, cn: usize, sub: Subsampling
     }
     const HALF: i32 = 1 << 15;
     const OFFSET: i32 = 128 << 16;
-    let mut out = vec![0u8; w * h * 3];
-    for (o, px) in out.chunks_exact_mut(3).zip(data.chunks_exact(cn)) {
-        let (r, g, b) = (px[0] as i32, px[1] as i32, px[2] as i32);
-        o[0] = ((fix(0.29900) * r + fix(0.58700) * g + fix(0.11400) * b + HALF) >> 16) as u8;
-        o[1] =
-            ((-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + OFFSET + HALF - 1) >> 16) as u8;
-        o[2] =
-            ((fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + OFFSET + HALF - 1) >> 16) as u8;
-    }
     let vstep = if sub == Subsampling::S420 { 2 } else { 1 };
-    let at = |x: usize, y: usize, c: usize| out[(y.min(h - 1) * w + x.min(w - 1)) * 3 + c] as u32;
-    let mut avg = Vec::with_capacity(w.div_ceil(2) * h.div_ceil(vstep) * 2);
-    for y in (0..h).step_by(vstep) {
-        for (i, x) in (0..w).step_by(2).enumerate() {
-            for c in 1..3 {
-                let v = if vstep == 2 {
-                    let bias = if i % 2 == 0 { 1 } else { 2 };
-                    (at(x, y, c) + at(x + 1, y, c) + at(x, y + 1, c) + at(x + 1, y + 1, c) + bias)
-                        >> 2
-                } else {
-                    let bias = (i % 2) as u32;
-                    (at(x, y, c) + at(x + 1, y, c) + bias) >> 1
-                };
-                avg.push(v as u8);
+    let mut out = vec![0u8; w * h * 3];
+    out.par_chunks_mut(w * 3 * vstep)
+        .zip(data.par_chunks(w * cn * vstep))
+        .for_each(|(o, src)| {
+            for (o, px) in o.chunks_exact_mut(3).zip(src.chunks_exact(cn)) {
+                let (r, g, b) = (px[0] as i32, px[1] as i32, px[2] as i32);
+                o[0] =
+                    ((fix(0.29900) * r + fix(0.58700) * g + fix(0.11400) * b + HALF) >> 16) as u8;
+                o[1] = ((-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + OFFSET + HALF - 1)
+                    >> 16) as u8;
+                o[2] = ((fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + OFFSET + HALF - 1)
+                    >> 16) as u8;
             }
-        }
-    }
-    let cols = w.div_ceil(2);
-    for y in 0..h {
-        for x in 0..w {
-            let a = &avg[((y / vstep) * cols + x / 2) * 2..][..2];
-            out[(y * w + x) * 3 + 1] = a[0];
-            out[(y * w + x) * 3 + 2] = a[1];
-        }
-    }
+            // Average each cell (1 or 2 rows × 2 columns, edges replicated) and write it back over the cell.
+            let (top, bottom) = o.split_at_mut(w * 3);
+            let two_rows = !bottom.is_empty();
+            for i in 0..w.div_ceil(2) {
+                let (x0, x1) = (2 * i, (2 * i + 1).min(w - 1));
+                for c in 1..3 {
+                    let (a, b) = (top[x0 * 3 + c] as u32, top[x1 * 3 + c] as u32);
+                    let v = if vstep == 2 {
+                        let (d, e) = if two_rows {
+                            (bottom[x0 * 3 + c] as u32, bottom[x1 * 3 + c] as u32)
+                        } else {
+                            (a, b)
+                        };
+                        (a + b + d + e + 1 + (i as u32 & 1)) >> 2
+                    } else {
+                        (a + b + (i as u32 & 1)) >> 1
+                    } as u8;
+                    top[x0 * 3 + c] = v;
+                    top[x1 * 3 + c] = v;
+                    if two_rows {
+                        bottom[x0 * 3 + c] = v;
+                        bottom[x1 * 3 + c] = v;
+                    }
+                }
+            }
+        });
     out
 }
 
@@ -235,18 +240,15 @@ fn round_trip(data: &[u8], w: usize, h: usize, cn: usize, p: &JpegParams) -> Res
         .step_by(STRIP)
         .map(|s| (s, (s + STRIP).min(h)))
         .collect();
-    let parts: Vec<Result<Vec<u8>>> = strips
-        .par_iter()
-        .map(|&(start, end)| {
+    let mut out = vec![0u8; data.len()];
+    out.par_chunks_mut(STRIP * row)
+        .zip(strips.par_iter())
+        .try_for_each(|(dst, &(start, end))| {
             let (lo, hi) = (start.saturating_sub(MARGIN), (end + MARGIN).min(h));
             let dec = whole(&data[lo * row..hi * row], hi - lo)?;
-            Ok(dec[(start - lo) * row..(end - lo) * row].to_vec())
-        })
-        .collect();
-    let mut out = Vec::with_capacity(data.len());
-    for part in parts {
-        out.extend_from_slice(&part?);
-    }
+            dst.copy_from_slice(&dec[(start - lo) * row..(end - lo) * row]);
+            Ok::<(), Error>(())
+        })?;
     Ok(out)
 }
 
