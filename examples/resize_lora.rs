@@ -91,8 +91,17 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The command line with `---flag` read as `--flag`: the method's published resize command has a typo
+/// (`---new_rank 8`) that must keep working.
+fn normalized_args() -> impl Iterator<Item = std::ffi::OsString> {
+    std::env::args_os().map(|a| match a.to_str() {
+        Some(s) if s.starts_with("---") => format!("--{}", s.trim_start_matches('-')).into(),
+        _ => a,
+    })
+}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    match run(Args::parse_from(normalized_args())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
