@@ -26,27 +26,40 @@ for l in sys.stdin:
     while read -r name exe; do cp "$exe" "$OUT/bin/$name"; done
   cargo build -p lora-cuda --release --example gpu_bench
   cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/gpu_bench" "$OUT/bin/gpu_bench"
-  # NVRTC 12.9 (the version cudarc's bindings were built for); a copy named libnvrtc.so makes the plain-name
-  # lookup that cudarc tries first find this one before any system NVRTC.
-  cp "$COPIER_CUDA_TOOLS"/cuda_nvrtc/lib/libnvrtc.so.12 "$OUT/lib/"
-  cp "$COPIER_CUDA_TOOLS"/cuda_nvrtc/lib/libnvrtc.so.12 "$OUT/lib/libnvrtc.so"
-  cp "$COPIER_CUDA_TOOLS"/cuda_nvrtc/lib/libnvrtc-builtins.so.12.* "$OUT/lib/"
-  mkdir -p "$OUT/include" && cp "$CUDA_INCLUDE_DIR"/*.h "$CUDA_INCLUDE_DIR"/*.hpp "$OUT/include/" 2>/dev/null || true
+  # Strip debug info: the folder must stay small enough to carry to the GPU machine (64 MiB there).
+  for b in "$OUT"/bin/*; do strip --strip-debug "$b"; done
+  # By default the GPU machine's own NVRTC (CUDA 13) compiles the kernels; its C API is the one cudarc's
+  # 12.9 bindings use. GPU_CHECK_NVRTC=1 carries PyPI's NVRTC 12.9 instead (about 110 MB: too big for a
+  # 64 MiB carry); a copy named libnvrtc.so makes cudarc's plain-name lookup find it first.
+  if [ "${GPU_CHECK_NVRTC:-0}" = 1 ]; then
+    cp "$COPIER_CUDA_TOOLS"/cuda_nvrtc/lib/libnvrtc.so.12 "$OUT/lib/"
+    cp "$COPIER_CUDA_TOOLS"/cuda_nvrtc/lib/libnvrtc.so.12 "$OUT/lib/libnvrtc.so"
+    cp "$COPIER_CUDA_TOOLS"/cuda_nvrtc/lib/libnvrtc-builtins.so.12.* "$OUT/lib/"
+  fi
+  du -sh "$OUT"
   ls -la "$OUT/bin" "$OUT/lib"
   echo "gpu-check: built into $OUT; on the GPU machine run: bash scripts/gpu-check.sh run"
   ;;
 run)
   cd "$ROOT"
   [ -d "$OUT/bin" ] || { echo "gpu-check: $OUT/bin missing: run 'bash scripts/gpu-check.sh build' on the build machine first" >&2; exit 1; }
+  if ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "gpu-check: no GPU here (nvidia-smi failed); nothing appended to docs/gpu-results.md" >&2
+    exit 1
+  fi
   export LD_LIBRARY_PATH="$OUT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  export CUDA_INCLUDE_DIR="$OUT/include"
+  for d in /usr/local/cuda/include /usr/local/cuda/targets/x86_64-linux/include; do
+    [ -f "$d/cuda_fp16.h" ] && export CUDA_INCLUDE_DIR="${CUDA_INCLUDE_DIR:-$d}"
+  done
+  nvrtc_used="$(ls "$OUT"/lib/libnvrtc-builtins.so.* 2>/dev/null | head -1)"
+  nvrtc_used="${nvrtc_used:-system $(ldconfig -p | grep -m1 -o 'libnvrtc.so[.0-9]*' || echo libnvrtc)}"
   log="$(mktemp)"
   device="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || echo unknown)"
   {
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC') — $device"
     echo
-    echo "NVRTC: $(ls "$OUT/lib" | grep -m1 builtins) (first on LD_LIBRARY_PATH). Host: $(uname -m), $(nproc) CPUs."
+    echo "NVRTC: $nvrtc_used. Host: $(uname -m), $(nproc) CPUs."
     echo
     echo "### GPU parity tests"
     echo

@@ -462,7 +462,7 @@ pub fn conv2d_backward(
         ));
     }
     if on_cuda("conv2d_backward", &[x, w, dy])? {
-        return crate::cuda::ops::conv2d_backward(x, w, dy, cfg, need);
+        return crate::cuda::ops_more::conv2d_backward(x, w, dy, &g, need);
     }
     with_real!(cdt(&[x, w, dy]), T, {
         let (xd, wd, gd) = (x.cpu_data::<T>()?, w.cpu_data::<T>()?, dy.cpu_data::<T>()?);
@@ -768,7 +768,7 @@ fn geglu_dims(x: &Tensor) -> Result<(usize, usize, Vec<usize>)> {
 pub fn geglu(x: &Tensor) -> Result<Tensor> {
     let (rows, d, os) = geglu_dims(x)?;
     if on_cuda("geglu", &[x])? {
-        return host!(&[x], |h| geglu(&h[0]));
+        return crate::cuda::ops_more::geglu(x, rows, d, &os);
     }
     with_real!(cdt(&[x]), T, {
         let xd = x.cpu_data::<T>()?;
@@ -792,7 +792,7 @@ pub fn geglu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         ));
     }
     if on_cuda("geglu_backward", &[x, dy])? {
-        return host!(&[x, dy], |h| geglu_backward(&h[0], &h[1]));
+        return crate::cuda::ops_more::geglu_backward(x, dy, rows, d);
     }
     with_real!(cdt(&[x, dy]), T, {
         let (xd, g) = (x.cpu_data::<T>()?, dy.cpu_data::<T>()?);
@@ -952,7 +952,7 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
         ));
     }
     if on_cuda("upsample_nearest2x", &[x])? {
-        return host!(&[x], |h| upsample_nearest2x(&h[0]));
+        return crate::cuda::ops_more::upsample2x(x);
     }
     with_real!(cdt(&[x]), T, {
         let y = cpu::upsample2x(&*x.cpu_data::<T>()?, xs[0] * xs[1], xs[2], xs[3]);
@@ -970,7 +970,7 @@ pub fn upsample_nearest2x_backward(dy: &Tensor, x_shape: &[usize]) -> Result<Ten
         ));
     }
     if on_cuda("upsample_nearest2x_backward", &[dy])? {
-        return host!(&[dy], |h| upsample_nearest2x_backward(&h[0], x_shape));
+        return crate::cuda::ops_more::upsample2x_backward(dy, x_shape);
     }
     with_real!(cdt(&[dy]), T, {
         let dx = cpu::upsample2x_bwd(
@@ -1002,7 +1002,7 @@ pub fn concat(ts: &[&Tensor], axis: usize) -> Result<Tensor> {
         }
     }
     if on_cuda("concat", ts)? {
-        return host!(ts, |h| concat(&h.iter().collect::<Vec<_>>(), axis));
+        return crate::cuda::ops_more::concat(ts, axis);
     }
     let outer: usize = s0[..axis].iter().product();
     let inner: usize = s0[axis + 1..].iter().product();
@@ -1030,11 +1030,7 @@ pub fn split(x: &Tensor, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
         ));
     }
     if on_cuda("split", &[x])? {
-        let dev = x.device();
-        return split(&x.to_device(&crate::Device::Cpu)?, axis, sizes)?
-            .into_iter()
-            .map(|t| t.to_device(&dev))
-            .collect();
+        return crate::cuda::ops_more::split(x, axis, sizes);
     }
     let outer: usize = xs[..axis].iter().product();
     let inner: usize = xs[axis + 1..].iter().product();
@@ -1067,6 +1063,9 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
         ));
     }
     if on_cuda("permute", &[x])? {
+        if xs.len() <= 6 {
+            return crate::cuda::ops_more::permute(x, perm);
+        }
         return host!(&[x], |h| permute(&h[0], perm));
     }
     with_real!(cdt(&[x]), T, {
@@ -1196,6 +1195,12 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
         ));
     }
     if on_cuda("sum_to", &[g])? {
+        // Reducing leading axes only (bias gradients): column sums on the device.
+        let k = g.rank() - shape.len();
+        if g.shape()[k..] == *shape {
+            let rows: usize = g.shape()[..k].iter().product();
+            return crate::cuda::ops_more::col_sum(g, rows, shape.iter().product(), shape);
+        }
         return host!(&[g], |h| sum_to(&h[0], shape));
     }
     with_real!(cdt(&[g]), T, {
@@ -1301,7 +1306,12 @@ pub fn mean_over(x: &Tensor, from_axis: usize) -> Result<Tensor> {
     }
     let inner: usize = xs[from_axis..].iter().product();
     if on_cuda("mean_over", &[x])? {
-        return host!(&[x], |h| mean_over(&h[0], from_axis));
+        return crate::cuda::ops_more::row_mean(
+            x,
+            xs[..from_axis].iter().product(),
+            xs[from_axis..].iter().product(),
+            &xs[..from_axis],
+        );
     }
     with_real!(cdt(&[x]), T, {
         let d = x.cpu_data::<T>()?;

@@ -223,3 +223,87 @@ fn parity_gpu_lora_training_step_matches_cpu() {
         );
     }
 }
+
+#[test]
+fn parity_gpu_layout_conv_backward_reductions() {
+    let Some(dev) = gpu("parity_gpu_layout_conv_backward_reductions") else {
+        return;
+    };
+    let up = |t: &Tensor| t.to_device(&dev).unwrap();
+    let x = r(&[2, 3, 9, 7], 20);
+    for (w, cfg) in [
+        (
+            r(&[5, 3, 3, 3], 21),
+            Conv2dCfg {
+                stride: 2,
+                padding: 1,
+            },
+        ),
+        (r(&[4, 3, 1, 1], 22), Conv2dCfg::default()),
+    ] {
+        let yc = ops::conv2d(&x, &w, None, cfg).unwrap();
+        let dy = r(yc.shape(), 23);
+        let (gx, gw, gb) =
+            ops::conv2d_backward(&up(&x), &up(&w), &up(&dy), cfg, [true, true, true]).unwrap();
+        let (cx, cw, cb) = ops::conv2d_backward(&x, &w, &dy, cfg, [true, true, true]).unwrap();
+        close("conv2d_backward dx", &gx.unwrap(), &cx.unwrap(), 1e-4);
+        close("conv2d_backward dw", &gw.unwrap(), &cw.unwrap(), 1e-4);
+        close("conv2d_backward db", &gb.unwrap(), &cb.unwrap(), 1e-4);
+    }
+    close(
+        "upsample",
+        &ops::upsample_nearest2x(&up(&x)).unwrap(),
+        &ops::upsample_nearest2x(&x).unwrap(),
+        0.0,
+    );
+    let dy = r(&[2, 3, 18, 14], 24);
+    close(
+        "upsample bwd",
+        &ops::upsample_nearest2x_backward(&up(&dy), x.shape()).unwrap(),
+        &ops::upsample_nearest2x_backward(&dy, x.shape()).unwrap(),
+        1e-6,
+    );
+    close(
+        "permute",
+        &ops::permute(&up(&x), &[0, 2, 1, 3]).unwrap(),
+        &ops::permute(&x, &[0, 2, 1, 3]).unwrap(),
+        0.0,
+    );
+    let x2 = r(&[2, 5, 9, 7], 25);
+    close(
+        "concat",
+        &ops::concat(&[&up(&x), &up(&x2)], 1).unwrap(),
+        &ops::concat(&[&x, &x2], 1).unwrap(),
+        0.0,
+    );
+    let parts_g = ops::split(&up(&x2), 1, &[2, 3]).unwrap();
+    let parts_c = ops::split(&x2, 1, &[2, 3]).unwrap();
+    close("split 0", &parts_g[0], &parts_c[0], 0.0);
+    close("split 1", &parts_g[1], &parts_c[1], 0.0);
+    let h = r(&[3, 4, 16], 26);
+    close(
+        "geglu",
+        &ops::geglu(&up(&h)).unwrap(),
+        &ops::geglu(&h).unwrap(),
+        1e-5,
+    );
+    let dh = r(&[3, 4, 8], 27);
+    close(
+        "geglu bwd",
+        &ops::geglu_backward(&up(&h), &up(&dh)).unwrap(),
+        &ops::geglu_backward(&h, &dh).unwrap(),
+        1e-5,
+    );
+    close(
+        "sum_to",
+        &ops::sum_to(&up(&h), &[16]).unwrap(),
+        &ops::sum_to(&h, &[16]).unwrap(),
+        1e-5,
+    );
+    close(
+        "mean_over",
+        &ops::mean_over(&up(&h), 1).unwrap(),
+        &ops::mean_over(&h, 1).unwrap(),
+        1e-5,
+    );
+}

@@ -4,6 +4,7 @@
 pub mod host;
 mod kernels;
 pub(crate) mod ops;
+pub(crate) mod ops_more;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -2,9 +2,10 @@
 //!
 //! Non-GEMM kernels compute in f32: bf16/f16 inputs are widened by the cast kernels and results are
 //! narrowed back to the activation dtype (mixed precision keeps 16-bit storage, f32 math). GEMMs on two
-//! bf16 (or two f16) operands use the tensor-core kernel. The few ops without a kernel yet (embedding,
-//! `mean_over`, `sum_to` other than over leading axes) run on the host and upload the result; they are
-//! not on the training hot path.
+//! bf16 (or two f16) operands use the tensor-core kernel. The data-movement ops, GEGLU, trailing-axis
+//! reductions and the convolution backward are in [`super::ops_more`]. Ops without a kernel (embedding
+//! and its backward, `mean_over`'s backward, `sum_to` other than over leading axes, permutes of more
+//! than 6 axes, f64 casts) run on the host and upload the result; none is on the training hot path.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use crate::ops::{self, Activation, BinaryOp, Conv2dCfg, NormStats};
 use crate::tensor::{Storage, Tensor};
 use crate::Device;
 
-fn storage(t: &Tensor) -> Result<&CudaStorage> {
+pub(super) fn storage(t: &Tensor) -> Result<&CudaStorage> {
     match &t.storage {
         Storage::Cuda(c) => Ok(c),
         _ => Err(Error::Device {
@@ -28,7 +29,7 @@ fn storage(t: &Tensor) -> Result<&CudaStorage> {
     }
 }
 
-fn cfg1d(n: usize) -> LaunchConfig {
+pub(super) fn cfg1d(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 65535) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -37,7 +38,7 @@ fn cfg1d(n: usize) -> LaunchConfig {
     }
 }
 
-fn cfg_rows(rows: usize, per_block: usize) -> LaunchConfig {
+pub(super) fn cfg_rows(rows: usize, per_block: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.div_ceil(per_block).max(1) as u32, 1, 1),
         block_dim: ((per_block * 32) as u32, 1, 1),
@@ -46,7 +47,7 @@ fn cfg_rows(rows: usize, per_block: usize) -> LaunchConfig {
 }
 
 /// Widens a device tensor to f32 storage (a cast kernel for bf16/f16; shared storage for f32).
-fn f32_of(t: &Tensor) -> Result<CudaStorage> {
+pub(super) fn f32_of(t: &Tensor) -> Result<CudaStorage> {
     let c = storage(t)?;
     if c.dtype == DType::F32 {
         return Ok(c.clone());
@@ -80,7 +81,7 @@ pub(crate) fn cast(c: &CudaStorage, dtype: DType) -> Result<CudaStorage> {
     Ok(b.wrap(c.ordinal, dtype, n, out))
 }
 
-fn finish(
+pub(super) fn finish(
     b: &CudaBackend,
     ordinal: usize,
     out: CudaSlice<u8>,
@@ -97,7 +98,7 @@ fn finish(
     Ok(Tensor::from_storage(shape.to_vec(), Storage::Cuda(s)))
 }
 
-fn ctx(t: &Tensor) -> Result<(Arc<CudaBackend>, usize)> {
+pub(super) fn ctx(t: &Tensor) -> Result<(Arc<CudaBackend>, usize)> {
     let c = storage(t)?;
     Ok((CudaBackend::get(c.ordinal)?, c.ordinal))
 }
@@ -127,7 +128,7 @@ where
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sgemm_launch(
+pub(super) fn sgemm_launch(
     b: &CudaBackend,
     a: &CudaSlice<u8>,
     bm: &CudaSlice<u8>,
@@ -861,9 +862,10 @@ pub(crate) fn conv2d(
     )
 }
 
-/// Convolution backward through the host reference (the im2col/col2im kernels and GEMM are checked by
-/// the parity tests; a device path for the backward is future work).
-pub(crate) fn conv2d_backward(
+/// Convolution backward through the host reference (kept for comparison; `ops_more::conv2d_backward`
+/// is the device path).
+#[allow(dead_code)]
+pub(crate) fn conv2d_backward_host(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,

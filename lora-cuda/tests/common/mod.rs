@@ -115,7 +115,6 @@ impl Runner for Emu {
                     job.extend((b.len() as u32).to_le_bytes());
                     job.extend(b);
                 }
-                other => panic!("unsupported argument {other:?}"),
             }
         }
         let mut child = Command::new(&self.exe)
