@@ -149,25 +149,30 @@ pub fn encode_jpeg(
 /// libjpeg's `rgb_ycc_convert` (jccolor.c, 16-bit fixed point) followed by its `h2v2_downsample` /
 /// `h2v1_downsample` (jcsample.c: box average with alternating rounding bias, edges replicated), with each
 /// averaged chroma value written back over its whole cell.
-fn ycbcr_subsampled(data: &[u8], w: usize, h: usize, cn: usize, sub: Subsampling) -> Vec<u8> {
+/// libjpeg's `rgb_ycc_convert` for one pixel (16-bit fixed point).
+#[inline]
+fn rgb_to_ycc(r: u8, g: u8, b: u8) -> [u8; 3] {
     const fn fix(x: f64) -> i32 {
         (x * 65536.0 + 0.5) as i32
     }
     const HALF: i32 = 1 << 15;
     const OFFSET: i32 = 128 << 16;
+    let (r, g, b) = (r as i32, g as i32, b as i32);
+    [
+        ((fix(0.29900) * r + fix(0.58700) * g + fix(0.11400) * b + HALF) >> 16) as u8,
+        ((-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + OFFSET + HALF - 1) >> 16) as u8,
+        ((fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + OFFSET + HALF - 1) >> 16) as u8,
+    ]
+}
+
+fn ycbcr_subsampled(data: &[u8], w: usize, h: usize, cn: usize, sub: Subsampling) -> Vec<u8> {
     let vstep = if sub == Subsampling::S420 { 2 } else { 1 };
     let mut out = vec![0u8; w * h * 3];
     out.par_chunks_mut(w * 3 * vstep)
         .zip(data.par_chunks(w * cn * vstep))
         .for_each(|(o, src)| {
             for (o, px) in o.chunks_exact_mut(3).zip(src.chunks_exact(cn)) {
-                let (r, g, b) = (px[0] as i32, px[1] as i32, px[2] as i32);
-                o[0] =
-                    ((fix(0.29900) * r + fix(0.58700) * g + fix(0.11400) * b + HALF) >> 16) as u8;
-                o[1] = ((-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + OFFSET + HALF - 1)
-                    >> 16) as u8;
-                o[2] = ((fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + OFFSET + HALF - 1)
-                    >> 16) as u8;
+                o.copy_from_slice(&rgb_to_ycc(px[0], px[1], px[2]));
             }
             // Average each cell (1 or 2 rows × 2 columns, edges replicated) and write it back over the cell.
             let (top, bottom) = o.split_at_mut(w * 3);
@@ -320,6 +325,47 @@ mod tests {
                 strips == whole,
                 "{w}x{h}x{cn} {sub:?}: strip round trip differs"
             );
+        }
+    }
+
+    #[test]
+    fn chroma_cells_are_libjpeg_box_averages_with_replicated_edges() {
+        let (w, h) = (5usize, 3usize);
+        let data: Vec<u8> = (0..w * h * 3).map(|i| (i * 53 % 256) as u8).collect();
+        let full: Vec<u8> = data
+            .chunks_exact(3)
+            .flat_map(|p| rgb_to_ycc(p[0], p[1], p[2]))
+            .collect();
+        for (sub, vstep) in [(Subsampling::S420, 2usize), (Subsampling::S422, 1)] {
+            let got = ycbcr_subsampled(&data, w, h, 3, sub);
+            for y in 0..h {
+                for x in 0..w {
+                    let (cx, cy) = (x / 2, y / vstep);
+                    for c in 1..3 {
+                        let at = |xx: usize, yy: usize| {
+                            full[((yy.min(h - 1)) * w + xx.min(w - 1)) * 3 + c] as u32
+                        };
+                        let (x0, y0) = (cx * 2, cy * vstep);
+                        let want = if vstep == 2 {
+                            (at(x0, y0)
+                                + at(x0 + 1, y0)
+                                + at(x0, y0 + 1)
+                                + at(x0 + 1, y0 + 1)
+                                + 1
+                                + (cx as u32 & 1))
+                                >> 2
+                        } else {
+                            (at(x0, y0) + at(x0 + 1, y0) + (cx as u32 & 1)) >> 1
+                        };
+                        assert_eq!(
+                            got[(y * w + x) * 3 + c] as u32,
+                            want,
+                            "{sub:?} ({x},{y}) c{c}"
+                        );
+                    }
+                    assert_eq!(got[(y * w + x) * 3], full[(y * w + x) * 3]);
+                }
+            }
         }
     }
 
