@@ -163,23 +163,16 @@ impl Style {
     }
 
     fn background_rgb(self, b: Background, y: f32) -> [f32; 3] {
-        let base = match (self, b) {
+        match (self, b) {
             (Style::A, Background::White) => [238.0, 238.0, 235.0],
             (Style::A, Background::Black) => [22.0, 22.0, 26.0],
             (Style::A, Background::Gray) => [128.0, 128.0, 128.0],
             (Style::B, Background::White) => [236.0, 228.0, 212.0],
             (Style::B, Background::Black) => [34.0, 28.0, 24.0],
             (Style::B, Background::Gray) => [132.0, 124.0, 112.0],
-            (Style::A, Background::Gradient) => {
-                let t = y;
-                return [200.0 - 150.0 * t, 215.0 - 150.0 * t, 245.0 - 130.0 * t];
-            }
-            (Style::B, Background::Gradient) => {
-                let t = y;
-                return [245.0 - 120.0 * t, 200.0 - 130.0 * t, 150.0 - 110.0 * t];
-            }
-        };
-        base
+            (Style::A, Background::Gradient) => [200.0 - 150.0 * y, 215.0 - 150.0 * y, 245.0 - 130.0 * y],
+            (Style::B, Background::Gradient) => [245.0 - 120.0 * y, 200.0 - 130.0 * y, 150.0 - 110.0 * y],
+        }
     }
 
     /// Unit vector pointing towards the light, in image coordinates (y down).
@@ -394,8 +387,9 @@ impl World {
                         let mut c = self.style.background_rgb(scene.background, y);
                         if soft {
                             // A gentle vignette in style B.
-                            let d = ((x - 0.5).powi(2) + (y - 0.5).powi(2)).sqrt();
-                            let f = 1.0 - 0.25 * (d / 0.7071).powi(2);
+                            // 25% darker at the corners: 1 − 0.25·(d / (1/√2))² = 1 − 0.5·d².
+                            let d2 = (x - 0.5).powi(2) + (y - 0.5).powi(2);
+                            let f = 1.0 - 0.5 * d2;
                             c = c.map(|v| v * f);
                         }
                         let u = (x - cx) / r;
@@ -431,8 +425,8 @@ impl World {
                     }
                 }
                 let i = (py * n + px) * 3;
-                for ch in 0..3 {
-                    img.data[i + ch] = (acc[ch] / (ss * ss) as f32).round().clamp(0.0, 255.0) as u8;
+                for (ch, a) in acc.iter().enumerate() {
+                    img.data[i + ch] = (a / (ss * ss) as f32).round().clamp(0.0, 255.0) as u8;
                 }
             }
         }

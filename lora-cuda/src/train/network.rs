@@ -442,10 +442,11 @@ fn training_metadata(
     let entries: Vec<(&str, PyValue)> = freq.iter().map(|(k, v)| (k.as_str(), PyValue::Int(*v))).collect();
     ins("ss_tag_frequency", format!("{{\"dataset\": {}}}", py_json_dumps(&entries)));
     if args.conv_dim.is_some() {
-        let mut a: Vec<(&str, PyValue)> = Vec::new();
-        a.push(("conv_dim", PyValue::Int(args.conv_dim.unwrap_or(0) as i64)));
-        a.push(("conv_alpha", PyValue::Float(args.conv_alpha.unwrap_or(1.0) as f64)));
-        a.push(("dropout", PyValue::None));
+        let a: Vec<(&str, PyValue)> = vec![
+            ("conv_dim", PyValue::Int(args.conv_dim.unwrap_or(0) as i64)),
+            ("conv_alpha", PyValue::Float(args.conv_alpha.unwrap_or(1.0) as f64)),
+            ("dropout", PyValue::None),
+        ];
         ins("ss_network_args", py_json_dumps(&a));
     }
     if let Some(p) = &args.network_weights {
