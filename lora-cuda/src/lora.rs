@@ -162,6 +162,7 @@ impl LoraAdapter {
     }
 
     /// A new adapter for a conv layer `in → out` with kernel `k` and the base layer's stride/padding.
+    #[allow(clippy::too_many_arguments)]
     pub fn new_conv<R: Rng + ?Sized>(
         store: &mut ParamStore,
         name: &str,

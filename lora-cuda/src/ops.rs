@@ -893,9 +893,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -
     }
     with_real!(cdt(&[q, k, v]), T, {
         let o = cpu::attention_fwd(
-            &*q.cpu_data::<T>()?,
-            &*k.cpu_data::<T>()?,
-            &*v.cpu_data::<T>()?,
+            &q.cpu_data::<T>()?,
+            &k.cpu_data::<T>()?,
+            &v.cpu_data::<T>()?,
             &g,
         );
         let mut os = q.shape().to_vec();
@@ -925,10 +925,10 @@ pub fn attention_backward(
     }
     with_real!(cdt(&[q, k, v, d_o]), T, {
         let (dq, dk, dv) = cpu::attention_bwd(
-            &*q.cpu_data::<T>()?,
-            &*k.cpu_data::<T>()?,
-            &*v.cpu_data::<T>()?,
-            &*d_o.cpu_data::<T>()?,
+            &q.cpu_data::<T>()?,
+            &k.cpu_data::<T>()?,
+            &v.cpu_data::<T>()?,
+            &d_o.cpu_data::<T>()?,
             &g,
         );
         Ok((
@@ -955,7 +955,7 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
         return crate::cuda::ops_more::upsample2x(x);
     }
     with_real!(cdt(&[x]), T, {
-        let y = cpu::upsample2x(&*x.cpu_data::<T>()?, xs[0] * xs[1], xs[2], xs[3]);
+        let y = cpu::upsample2x(&x.cpu_data::<T>()?, xs[0] * xs[1], xs[2], xs[3]);
         Ok(out(y, &[xs[0], xs[1], 2 * xs[2], 2 * xs[3]], x))
     })
 }
@@ -974,7 +974,7 @@ pub fn upsample_nearest2x_backward(dy: &Tensor, x_shape: &[usize]) -> Result<Ten
     }
     with_real!(cdt(&[dy]), T, {
         let dx = cpu::upsample2x_bwd(
-            &*dy.cpu_data::<T>()?,
+            &dy.cpu_data::<T>()?,
             x_shape[0] * x_shape[1],
             x_shape[2],
             x_shape[3],
@@ -1035,7 +1035,7 @@ pub fn split(x: &Tensor, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
     let outer: usize = xs[..axis].iter().product();
     let inner: usize = xs[axis + 1..].iter().product();
     with_real!(cdt(&[x]), T, {
-        let parts = cpu::split(&*x.cpu_data::<T>()?, sizes, outer, inner);
+        let parts = cpu::split(&x.cpu_data::<T>()?, sizes, outer, inner);
         Ok(parts
             .into_iter()
             .zip(sizes)
@@ -1069,7 +1069,7 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
         return host!(&[x], |h| permute(&h[0], perm));
     }
     with_real!(cdt(&[x]), T, {
-        let y = cpu::permute(&*x.cpu_data::<T>()?, xs, perm);
+        let y = cpu::permute(&x.cpu_data::<T>()?, xs, perm);
         let os: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
         Ok(out(y, &os, x))
     })
@@ -1204,7 +1204,7 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
         return host!(&[g], |h| sum_to(&h[0], shape));
     }
     with_real!(cdt(&[g]), T, {
-        let r = cpu::sum_to_shape(&*g.cpu_data::<T>()?, g.shape(), shape);
+        let r = cpu::sum_to_shape(&g.cpu_data::<T>()?, g.shape(), shape);
         Ok(out(r, shape, g))
     })
 }
@@ -1246,11 +1246,7 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
     }
     with_real!(cdt(&[x]), T, {
         let sv = T::from_f64(s);
-        Ok(out(
-            cpu::map(&*x.cpu_data::<T>()?, |v| v * sv),
-            x.shape(),
-            x,
-        ))
+        Ok(out(cpu::map(&x.cpu_data::<T>()?, |v| v * sv), x.shape(), x))
     })
 }
 
@@ -1268,9 +1264,7 @@ pub fn axpy(a: &Tensor, b: &Tensor, s: f64) -> Result<Tensor> {
     with_real!(cdt(&[a, b]), T, {
         let sv = T::from_f64(s);
         Ok(out(
-            cpu::zip_map(&*a.cpu_data::<T>()?, &*b.cpu_data::<T>()?, |x, y| {
-                x + sv * y
-            }),
+            cpu::zip_map(&a.cpu_data::<T>()?, &b.cpu_data::<T>()?, |x, y| x + sv * y),
             a.shape(),
             a,
         ))
@@ -1283,7 +1277,7 @@ pub fn sum(x: &Tensor) -> Result<Tensor> {
         return crate::cuda::ops::sum(x);
     }
     with_real!(cdt(&[x]), T, {
-        let s = cpu::sum(&*x.cpu_data::<T>()?);
+        let s = cpu::sum(&x.cpu_data::<T>()?);
         Ok(Tensor::from_real(vec![s], vec![], T::DTYPE))
     })
 }
@@ -1379,9 +1373,7 @@ pub fn mse_loss_backward(a: &Tensor, b: &Tensor, dl: f64) -> Result<(Tensor, Ten
     }
     with_real!(cdt(&[a, b]), T, {
         let k = T::from_f64(2.0 * dl / a.numel().max(1) as f64);
-        let da = cpu::zip_map(&*a.cpu_data::<T>()?, &*b.cpu_data::<T>()?, |x, y| {
-            k * (x - y)
-        });
+        let da = cpu::zip_map(&a.cpu_data::<T>()?, &b.cpu_data::<T>()?, |x, y| k * (x - y));
         let db = cpu::map(&da, |v| -v);
         Ok((out(da, a.shape(), a), out(db, b.shape(), b)))
     })

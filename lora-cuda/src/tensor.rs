@@ -299,10 +299,7 @@ impl Tensor {
 
     /// The CPU values in compute type `T` (borrowed when the storage already has that type).
     pub(crate) fn cpu_data<T: Real>(&self) -> Result<Cow<'_, [T]>> {
-        fn conv<S: Copy, T: Real>(s: &[S], f: impl Fn(S) -> f64 + Sync) -> Vec<T>
-        where
-            S: Sync,
-        {
+        fn conv<S: Copy + Sync, T: Real>(s: &[S], f: impl Fn(S) -> f64 + Sync) -> Vec<T> {
             s.iter().map(|&x| T::from_f64(f(x))).collect()
         }
         let any_t = std::any::TypeId::of::<T>();

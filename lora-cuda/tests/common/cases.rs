@@ -289,6 +289,7 @@ pub fn reductions(r: &dyn Runner) {
     assert_close("row_mean", f(&a[1]), &want, 1e-6, 1e-5);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn ref_gemm(
     ta: bool,
     tb: bool,
