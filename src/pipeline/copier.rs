@@ -297,6 +297,9 @@ pub(crate) fn train_many(
 ) -> Result<()> {
     let todo: Vec<_> = tasks.into_iter().filter(|t| !out.verified(&t.0)).collect();
     for chunk in todo.chunks(jobs.max(1)) {
+        // Side by side, each training keeps BLAS on one thread (nested BLAS threads from several trainings
+        // oversubscribe the cores); rayon's pool is shared and does not oversubscribe.
+        let _blas = (chunk.len() > 1).then(lora_ops::SingleThreadedBlas::new);
         let results: Vec<Result<(String, LoraFile)>> = std::thread::scope(|s| {
             let handles: Vec<_> = chunk
                 .iter()
