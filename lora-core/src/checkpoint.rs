@@ -268,20 +268,20 @@ impl TorchFile {
             }
         }
         let (a, b) = pkl_range.ok_or_else(|| zip_err(path, "data.pkl missing"))?;
-        let top = pickle::load(&mmap[a..b]).map_err(|e| match e {
-            PickleError::Malformed(message) => Error::Pickle {
-                file: path.into(),
-                entry: pkl_name.clone(),
-                message,
-            },
-            PickleError::Forbidden { module, name } => Error::ForbiddenGlobal {
-                file: path.into(),
-                entry: pkl_name.clone(),
-                module,
-                name,
-            },
-        })?;
-        let tensors = collect_tensors(path, &pkl_name, top)?;
+        let tensors = pickle::load_with(&mmap[a..b], |top| collect_tensors(path, &pkl_name, top))
+            .map_err(|e| match e {
+                PickleError::Malformed(message) => Error::Pickle {
+                    file: path.into(),
+                    entry: pkl_name.clone(),
+                    message,
+                },
+                PickleError::Forbidden { module, name } => Error::ForbiddenGlobal {
+                    file: path.into(),
+                    entry: pkl_name.clone(),
+                    module,
+                    name,
+                },
+            })??;
         let mut index = HashMap::new();
         for (i, (n, t)) in tensors.iter().enumerate() {
             if index.insert(n.clone(), i).is_some() {

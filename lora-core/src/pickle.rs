@@ -113,6 +113,9 @@ struct Machine<'a> {
     pos: usize,
     stack: Vec<Value>,
     memo: Vec<Option<Value>>,
+    /// Every container ever memoized (a memo slot can be overwritten while its container is
+    /// still referenced), emptied on drop to free reference cycles.
+    shared: Vec<Value>,
 }
 
 impl<'a> Machine<'a> {
@@ -182,6 +185,9 @@ impl<'a> Machine<'a> {
             return bad(format!("memo index {idx} too large"));
         }
         let v = self.top()?.clone();
+        if matches!(v, Value::List(_) | Value::Dict(_)) {
+            self.shared.push(v.clone());
+        }
         if self.memo.len() <= idx {
             self.memo.resize(idx + 1, None);
         }
@@ -281,13 +287,45 @@ fn persistent_load(pid: Value) -> R<Value> {
     Ok(Value::Storage(Rc::new(StorageRef { dtype, key })))
 }
 
-/// Runs the pickle in `data` and returns its top value.
+impl Drop for Machine<'_> {
+    /// Containers can only be shared (and so form reference cycles, e.g. a list appended to
+    /// itself) through the memo; emptying every container that was memoized frees such cycles.
+    fn drop(&mut self) {
+        for v in &self.shared {
+            match v {
+                Value::List(l) => l.borrow_mut().clear(),
+                Value::Dict(d) => d.borrow_mut().clear(),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs the pickle in `data` and hands its top value to `f` (before the reader's memo is torn
+/// down, which empties shared containers).
+pub(crate) fn load_with<T>(data: &[u8], f: impl FnOnce(Value) -> T) -> R<T> {
+    let top = load_inner(data)?;
+    Ok(f(top.0))
+}
+
+/// Test helper: the top value, with a top-level dict's entries copied out before the memo is emptied.
+#[cfg(test)]
 pub(crate) fn load(data: &[u8]) -> R<Value> {
+    load_with(data, |v| match v {
+        Value::Dict(d) => Value::Dict(Rc::new(RefCell::new(d.borrow().clone()))),
+        other => other,
+    })
+}
+
+struct Loaded<'a>(Value, #[allow(dead_code)] Machine<'a>);
+
+fn load_inner(data: &[u8]) -> R<Loaded<'_>> {
     let mut m = Machine {
         data,
         pos: 0,
         stack: Vec::new(),
         memo: Vec::new(),
+        shared: Vec::new(),
     };
     loop {
         let at = m.pos;
@@ -302,7 +340,10 @@ pub(crate) fn load(data: &[u8]) -> R<Value> {
             0x95 => {
                 m.u64()?; // FRAME: length only, data follows inline
             }
-            b'.' => return m.pop(),
+            b'.' => {
+                let top = m.pop()?;
+                return Ok(Loaded(top, m));
+            }
             b'(' => m.push(Value::Mark)?,
             b'}' => m.push(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?,
             b']' => m.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
@@ -518,6 +559,17 @@ mod tests {
         );
         let p = b"\x80\x02cbuiltins\neval\n.";
         assert!(matches!(load(p), Err(PickleError::Forbidden { .. })));
+    }
+
+    #[test]
+    fn self_referencing_list_is_freed() {
+        // l = []; l.append(l): a reference cycle through the memo.
+        let weak = load_with(b"\x80\x02]q\x00h\x00a.", |v| match v {
+            Value::List(l) => Rc::downgrade(&l),
+            _ => panic!("not a list"),
+        })
+        .unwrap();
+        assert!(weak.upgrade().is_none(), "cycle leaked");
     }
 
     #[test]

@@ -166,8 +166,10 @@ proptest! {
         let mut lora = build(table, &specs, &[("network_dim".into(), "4".into())]);
         if which == 2 {
             // SDXL is recognised by its text_encoder_2 / LDM-named U-Net keys; make sure one exists.
-            lora.modules.push(common::module("lora_te2_text_model_encoder_layers_31_mlp_fc1", 0, 4, 4, 2, Some(1.0), 9));
-            lora.modules.dedup_by(|a, b| a.name == b.name);
+            let te2 = "lora_te2_text_model_encoder_layers_31_mlp_fc1";
+            if lora.module(te2).is_none() {
+                lora.modules.push(common::module(te2, 0, 4, 4, 2, Some(1.0), 9));
+            }
             lora = LoraFile::new(lora.modules, lora.metadata);
         }
         let dir = tempfile::tempdir().unwrap();
