@@ -17,7 +17,10 @@ use lora_cuda::sched::SamplerKind;
 use lora_cuda::train::lora_io::load_lora;
 
 #[derive(Parser, Debug)]
-#[command(about = "Generate images with a demo checkpoint and LoRAs", rename_all = "snake_case")]
+#[command(
+    about = "Generate images with a demo checkpoint and LoRAs",
+    rename_all = "snake_case"
+)]
 struct Args {
     /// Model checkpoint.
     #[arg(long)]
@@ -63,24 +66,34 @@ struct Args {
 fn run(a: Args) -> Result<(), String> {
     let sampler: SamplerKind = a.sampler.parse()?;
     if !a.network_mul.is_empty() && a.network_mul.len() != a.network_weights.len() {
-        return Err(format!("{} --network_mul values for {} --network_weights", a.network_mul.len(), a.network_weights.len()));
+        return Err(format!(
+            "{} --network_mul values for {} --network_weights",
+            a.network_mul.len(),
+            a.network_weights.len()
+        ));
     }
     if a.images == 0 {
         return Err("--images must be at least 1".into());
     }
     let (model, info) = load_checkpoint(&a.ckpt).map_err(|e| e.to_string())?;
     let tokenizer = info.tokenizer.clone().ok_or_else(|| {
-        format!("checkpoint {} has no demo tokenizer (CLIP-BPE models cannot be prompted here)", a.ckpt.display())
+        format!(
+            "checkpoint {} has no demo tokenizer (CLIP-BPE models cannot be prompted here)",
+            a.ckpt.display()
+        )
     })?;
     tokenizer.encode(&a.prompt).map_err(|e| e.to_string())?;
-    tokenizer.encode(&a.negative_prompt).map_err(|e| e.to_string())?;
+    tokenizer
+        .encode(&a.negative_prompt)
+        .map_err(|e| e.to_string())?;
     let mut nets = Vec::new();
     for (i, p) in a.network_weights.iter().enumerate() {
         let m = a.network_mul.get(i).copied().unwrap_or(1.0);
         nets.push(load_lora(p, &model.unet, Some(&model.te), m).map_err(|e| e.to_string())?);
     }
     let refs: Vec<_> = nets.iter().collect();
-    std::fs::create_dir_all(&a.outdir).map_err(|e| format!("--outdir {}: {e}", a.outdir.display()))?;
+    std::fs::create_dir_all(&a.outdir)
+        .map_err(|e| format!("--outdir {}: {e}", a.outdir.display()))?;
     let bar = ProgressBar::new(a.images as u64);
     let mut imgs = Vec::new();
     for i in 0..a.images {
@@ -94,7 +107,15 @@ fn run(a: Args) -> Result<(), String> {
             width: a.w,
             height: a.h,
         };
-        let img = sample(&model, &tokenizer, &info.schedule, info.prediction, &refs, &params).map_err(|e| e.to_string())?;
+        let img = sample(
+            &model,
+            &tokenizer,
+            &info.schedule,
+            info.prediction,
+            &refs,
+            &params,
+        )
+        .map_err(|e| e.to_string())?;
         let path = a.outdir.join(format!("{i:04}-{}.png", params.seed));
         save_png(&path, &img)?;
         imgs.push(img);
@@ -113,14 +134,17 @@ fn run(a: Args) -> Result<(), String> {
         }
     }
     let gpath = a.outdir.join("grid.png");
-    grid.save(&gpath).map_err(|e| format!("{}: {e}", gpath.display()))?;
+    grid.save(&gpath)
+        .map_err(|e| format!("{}: {e}", gpath.display()))?;
     println!("wrote {} image(s) and {}", a.images, gpath.display());
     Ok(())
 }
 
 fn save_png(path: &std::path::Path, img: &lora_cuda::demo::RgbImage8) -> Result<(), String> {
-    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone()).ok_or("image buffer size")?;
-    buf.save(path).map_err(|e| format!("{}: {e}", path.display()))
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone())
+        .ok_or("image buffer size")?;
+    buf.save(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn main() {

@@ -21,7 +21,10 @@ use lora_cuda::schedule::{ScheduleKind, Warmup};
 use lora_cuda::train::{TrainConfig, TrainItem, Trainable, Trainer};
 
 #[derive(Parser, Debug)]
-#[command(about = "Pretrain the demo base models A and B", rename_all = "snake_case")]
+#[command(
+    about = "Pretrain the demo base models A and B",
+    rename_all = "snake_case"
+)]
 struct Args {
     /// Output folder for demo_base_a.safetensors and demo_base_b.safetensors.
     #[arg(long, default_value = "assets")]
@@ -68,12 +71,23 @@ fn data(world: &World, n: u64, seed: u64) -> Vec<TrainItem> {
     (0..n)
         .map(|i| {
             let (scene, img) = world.sample(seed.wrapping_mul(1_000_003).wrapping_add(i));
-            TrainItem { pixels: img.to_chw(), caption: scene.caption(), repeats: 1 }
+            TrainItem {
+                pixels: img.to_chw(),
+                caption: scene.caption(),
+                repeats: 1,
+            }
         })
         .collect()
 }
 
-fn train(model: SdModel, items: &[TrainItem], steps: u64, lr: f64, a: &Args, label: &str) -> Result<(SdModel, u64), String> {
+fn train(
+    model: SdModel,
+    items: &[TrainItem],
+    steps: u64,
+    lr: f64,
+    a: &Args,
+    label: &str,
+) -> Result<(SdModel, u64), String> {
     let cfg = TrainConfig {
         learning_rate: lr,
         lr_scheduler: ScheduleKind::Cosine,
@@ -89,27 +103,42 @@ fn train(model: SdModel, items: &[TrainItem], steps: u64, lr: f64, a: &Args, lab
         },
         ..TrainConfig::default()
     };
-    let mut t = Trainer::new(model, Trainable::Full, vec![], WordTokenizer::demo(), cfg).map_err(|e| e.to_string())?;
+    let mut t = Trainer::new(model, Trainable::Full, vec![], WordTokenizer::demo(), cfg)
+        .map_err(|e| e.to_string())?;
     let bar = ProgressBar::new(steps);
     bar.set_style(
-        ProgressStyle::with_template(&format!("{label} {{bar:30}} {{pos}}/{{len}}  loss {{msg}}  {{per_sec}}  ETA {{eta}}"))
-            .map_err(|e| e.to_string())?,
+        ProgressStyle::with_template(&format!(
+            "{label} {{bar:30}} {{pos}}/{{len}}  loss {{msg}}  {{per_sec}}  ETA {{eta}}"
+        ))
+        .map_err(|e| e.to_string())?,
     );
     let mut avg = 0.0f32;
     let start = Instant::now();
     let mut out_of_time = false;
     let r = t.run(items, |_, info| {
-        avg = if info.step == 1 { info.loss } else { 0.98 * avg + 0.02 * info.loss };
+        avg = if info.step == 1 {
+            info.loss
+        } else {
+            0.98 * avg + 0.02 * info.loss
+        };
         bar.set_message(format!("{avg:.4}"));
         bar.set_position(info.step);
-        if a.max_minutes.is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0) {
+        if a.max_minutes
+            .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0)
+        {
             out_of_time = true;
-            return Err(lora_cuda::Error::InvalidArgument { what: "--max_minutes".into(), msg: "time budget spent".into() });
+            return Err(lora_cuda::Error::InvalidArgument {
+                what: "--max_minutes".into(),
+                msg: "time budget spent".into(),
+            });
         }
         Ok(())
     });
     match r {
-        Err(_) if out_of_time => eprintln!("{label}: time budget spent after {} steps; saving", t.step_count()),
+        Err(_) if out_of_time => eprintln!(
+            "{label}: time budget spent after {} steps; saving",
+            t.step_count()
+        ),
         r => r.map_err(|e| e.to_string())?,
     }
     bar.finish();
@@ -133,22 +162,45 @@ fn run(a: Args) -> Result<(), String> {
     println!("model: {} parameters", model.num_parameters());
     let items_a = data(&World::new(side, Style::A), a.images, a.seed);
     let (model_a, done_a) = train(model, &items_a, a.steps_a, a.lr, &a, "base A")?;
-    let mut info = ModelInfo { tokenizer: Some(WordTokenizer::demo()), ..ModelInfo::default() };
-    info.extra.insert("copier_lora.title".into(), "demo base A (style A, trained from scratch)".into());
-    info.extra.insert("copier_lora.recipe".into(), format!("{recipe}  # steps done: {done_a}"));
+    let mut info = ModelInfo {
+        tokenizer: Some(WordTokenizer::demo()),
+        ..ModelInfo::default()
+    };
+    info.extra.insert(
+        "copier_lora.title".into(),
+        "demo base A (style A, trained from scratch)".into(),
+    );
+    info.extra.insert(
+        "copier_lora.recipe".into(),
+        format!("{recipe}  # steps done: {done_a}"),
+    );
     let pa = a.out_dir.join("demo_base_a.safetensors");
     save_checkpoint(&model_a, &info, &pa, SavePrecision::Fp16).map_err(|e| e.to_string())?;
-    println!("saved {} ({:.0} s)", pa.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "saved {} ({:.0} s)",
+        pa.display(),
+        t0.elapsed().as_secs_f64()
+    );
     if a.skip_b {
         return Ok(());
     }
     let items_b = data(&World::new(side, Style::B), a.images, a.seed ^ 0xB);
     let (model_b, done_b) = train(model_a, &items_b, a.steps_b, a.lr_b, &a, "base B")?;
-    info.extra.insert("copier_lora.title".into(), "demo base B (base A fine-tuned on style B)".into());
-    info.extra.insert("copier_lora.recipe".into(), format!("{recipe}  # steps done: A {done_a}, B {done_b}"));
+    info.extra.insert(
+        "copier_lora.title".into(),
+        "demo base B (base A fine-tuned on style B)".into(),
+    );
+    info.extra.insert(
+        "copier_lora.recipe".into(),
+        format!("{recipe}  # steps done: A {done_a}, B {done_b}"),
+    );
     let pb = a.out_dir.join("demo_base_b.safetensors");
     save_checkpoint(&model_b, &info, &pb, SavePrecision::Fp16).map_err(|e| e.to_string())?;
-    println!("saved {} ({:.0} s)", pb.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "saved {} ({:.0} s)",
+        pb.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

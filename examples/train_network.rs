@@ -20,7 +20,10 @@ use lora_cuda::train::network::{train_network, TrainNetworkArgs};
 use lora_cuda::train::TrainItem;
 
 #[derive(Parser, Debug)]
-#[command(about = "Train a LoRA network (sd-scripts train_network.py flags)", rename_all = "snake_case")]
+#[command(
+    about = "Train a LoRA network (sd-scripts train_network.py flags)",
+    rename_all = "snake_case"
+)]
 struct Args {
     /// Base model checkpoint (LDM-layout safetensors).
     #[arg(long)]
@@ -133,10 +136,15 @@ struct Args {
 }
 
 fn load_image(path: &std::path::Path, side: usize) -> Result<Vec<f32>, String> {
-    let img = image::open(path).map_err(|e| format!("image {}: {e}", path.display()))?.to_rgb8();
+    let img = image::open(path)
+        .map_err(|e| format!("image {}: {e}", path.display()))?
+        .to_rgb8();
     let (w, h) = (img.width() as f64, img.height() as f64);
     let s = side as f64 / w.min(h);
-    let (nw, nh) = (((w * s).round() as u32).max(side as u32), ((h * s).round() as u32).max(side as u32));
+    let (nw, nh) = (
+        ((w * s).round() as u32).max(side as u32),
+        ((h * s).round() as u32).max(side as u32),
+    );
     let img = if (nw, nh) != (img.width(), img.height()) {
         image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Lanczos3)
     } else {
@@ -144,18 +152,27 @@ fn load_image(path: &std::path::Path, side: usize) -> Result<Vec<f32>, String> {
     };
     let (x0, y0) = ((nw - side as u32) / 2, (nh - side as u32) / 2);
     let crop = image::imageops::crop_imm(&img, x0, y0, side as u32, side as u32).to_image();
-    let data = lora_cuda::demo::RgbImage8 { width: side, height: side, data: crop.into_raw() };
+    let data = lora_cuda::demo::RgbImage8 {
+        width: side,
+        height: side,
+        data: crop.into_raw(),
+    };
     Ok(data.to_chw())
 }
 
 fn run(a: Args) -> Result<(), String> {
-    let (entries, warnings) = scan_train_data_dir(&a.train_data_dir, &a.caption_extension).map_err(|e| e.to_string())?;
+    let (entries, warnings) =
+        scan_train_data_dir(&a.train_data_dir, &a.caption_extension).map_err(|e| e.to_string())?;
     for w in warnings {
         eprintln!("warning: {w}");
     }
     let mut data = Vec::new();
     for e in &entries {
-        data.push(TrainItem { pixels: load_image(&e.image, a.resolution)?, caption: e.caption.clone(), repeats: e.repeats });
+        data.push(TrainItem {
+            pixels: load_image(&e.image, a.resolution)?,
+            caption: e.caption.clone(),
+            repeats: e.repeats,
+        });
     }
     let random_captions = match &a.random_captions_file {
         Some(p) => std::fs::read_to_string(p)
@@ -206,14 +223,20 @@ fn run(a: Args) -> Result<(), String> {
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  loss {msg}  {per_sec}  ETA {eta}")
-            .map_err(|e| e.to_string())?,
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  loss {msg}  {per_sec}  ETA {eta}",
+        )
+        .map_err(|e| e.to_string())?,
     );
     let t0 = Instant::now();
     let mut avg = 0.0f32;
     let out = train_network(&args, data, |info| {
         bar.set_length(info.total);
-        avg = if info.step == 1 { info.loss } else { 0.95 * avg + 0.05 * info.loss };
+        avg = if info.step == 1 {
+            info.loss
+        } else {
+            0.95 * avg + 0.05 * info.loss
+        };
         bar.set_message(format!("{avg:.4}"));
         bar.set_position(info.step);
     })

@@ -99,7 +99,7 @@ pub use error::{Error, Result};
 pub use lora::{LoraAdapter, LoraConfig, LoraContext, LoraKind};
 pub use ops::{Activation, Conv2dCfg};
 pub use tensor::Tensor;
-pub mod model;
 pub mod demo;
+pub mod model;
 pub mod sched;
 pub mod train;

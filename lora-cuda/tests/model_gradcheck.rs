@@ -7,12 +7,20 @@ use lora_cuda::demo::WordTokenizer;
 use lora_cuda::model::{ClipConfig, LoraNetwork, LoraSpec, SdModel, UNetConfig};
 use lora_cuda::{DType, LoraContext, Tensor};
 
-fn loss(model: &SdModel, net: &LoraNetwork, ids: &[Vec<u32>], x: &Tensor, w: &Tensor) -> (f64, lora_cuda::Grads) {
+fn loss(
+    model: &SdModel,
+    net: &LoraNetwork,
+    ids: &[Vec<u32>],
+    x: &Tensor,
+    w: &Tensor,
+) -> (f64, lora_cuda::Grads) {
     let mut g = Graph::new();
     let mut ctx = LoraContext::eval(1.0);
     let c = model.te_forward(&mut g, &[net], &mut ctx, ids).unwrap();
     let xv = g.input(x.clone());
-    let y = model.unet_forward(&mut g, &[net], &mut ctx, xv, &[321.0], c).unwrap();
+    let y = model
+        .unet_forward(&mut g, &[net], &mut ctx, xv, &[321.0], c)
+        .unwrap();
     let wv = g.input(w.clone());
     let p = g.mul(y, wv).unwrap();
     let l = g.sum(p).unwrap();
@@ -24,7 +32,13 @@ fn loss(model: &SdModel, net: &LoraNetwork, ids: &[Vec<u32>], x: &Tensor, w: &Te
 fn lora_gradients_match_finite_differences() {
     let mut model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 21).unwrap();
     model.set_trainable(false).unwrap();
-    let spec = LoraSpec { network_dim: 2, network_alpha: 2.0, conv_dim: Some(2), conv_alpha: 2.0, ..LoraSpec::default() };
+    let spec = LoraSpec {
+        network_dim: 2,
+        network_alpha: 2.0,
+        conv_dim: Some(2),
+        conv_alpha: 2.0,
+        ..LoraSpec::default()
+    };
     let mut net = LoraNetwork::new(&model.unet, Some(&model.te), &spec, 4).unwrap();
     // Non-zero ups so that gradients reach the downs too.
     let mut r = lora_cuda::sched::Rng::new(9);
@@ -32,9 +46,13 @@ fn lora_gradients_match_finite_differences() {
         let shape = net.store.value(a.up).unwrap().shape().to_vec();
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| 0.2 * r.normal()).collect();
-        net.store.set_value(a.up, Tensor::from_vec(v, &shape).unwrap()).unwrap();
+        net.store
+            .set_value(a.up, Tensor::from_vec(v, &shape).unwrap())
+            .unwrap();
     }
-    let ids = vec![WordTokenizer::demo().encode("red circle, large, left").unwrap()];
+    let ids = vec![WordTokenizer::demo()
+        .encode("red circle, large, left")
+        .unwrap()];
     let x = Tensor::from_vec(r.normal_vec(3 * 16 * 16), &[1, 3, 16, 16]).unwrap();
     let w = Tensor::from_vec(r.normal_vec(3 * 16 * 16), &[1, 3, 16, 16]).unwrap();
     let (_, grads) = loss(&model, &net, &ids, &x, &w);
@@ -47,29 +65,46 @@ fn lora_gradients_match_finite_differences() {
     ];
     let mut checked = 0;
     for name in picks {
-        let a = net.adapter(name).unwrap_or_else(|| panic!("{name} missing")).clone();
+        let a = net
+            .adapter(name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .clone();
         for id in [a.down, a.up] {
-            let g = grads.get(id).unwrap_or_else(|| panic!("no gradient for {name}")).to_vec_f32().unwrap();
+            let g = grads
+                .get(id)
+                .unwrap_or_else(|| panic!("no gradient for {name}"))
+                .to_vec_f32()
+                .unwrap();
             let base = net.store.value(id).unwrap().clone();
             let shape = base.shape().to_vec();
             let vals = base.to_vec_f32().unwrap();
             // The largest-gradient entry of this tensor, where the relative error is meaningful.
-            let k = (0..g.len()).max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs())).unwrap();
+            let k = (0..g.len())
+                .max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs()))
+                .unwrap();
             let h = 1e-2f32;
             let mut eval = |delta: f32| {
                 let mut v = vals.clone();
                 v[k] += delta;
-                net.store.set_value(id, Tensor::from_vec(v, &shape).unwrap()).unwrap();
+                net.store
+                    .set_value(id, Tensor::from_vec(v, &shape).unwrap())
+                    .unwrap();
                 loss(&model, &net, &ids, &x, &w).0
             };
             let fd = (eval(h) - eval(-h)) / (2.0 * h as f64);
             net.store.set_value(id, base).unwrap();
             let an = g[k] as f64;
             let rel = (fd - an).abs() / an.abs().max(1e-3);
-            assert!(rel < 0.03, "{name} param {id:?}[{k}]: analytic {an}, finite difference {fd}, rel {rel}");
+            assert!(
+                rel < 0.03,
+                "{name} param {id:?}[{k}]: analytic {an}, finite difference {fd}, rel {rel}"
+            );
             checked += 1;
         }
     }
     assert_eq!(checked, 10);
-    assert_eq!(DType::F32, net.store.value(net.adapters[0].down).unwrap().dtype());
+    assert_eq!(
+        DType::F32,
+        net.store.value(net.adapters[0].down).unwrap().dtype()
+    );
 }

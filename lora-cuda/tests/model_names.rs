@@ -20,7 +20,13 @@ fn ours(spec: &LoraSpec) -> Vec<Vec<String>> {
                 lora_cuda::model::LayerKind::Linear => "-".to_string(),
                 lora_cuda::model::LayerKind::Conv { k } => format!("{k}x{k}"),
             };
-            vec![t.lora_name.clone(), t.kind_str(), t.layer.in_dim.to_string(), t.layer.out_dim.to_string(), kernel]
+            vec![
+                t.lora_name.clone(),
+                t.kind_str(),
+                t.layer.in_dim.to_string(),
+                t.layer.out_dim.to_string(),
+                kernel,
+            ]
         })
         .collect()
 }
@@ -34,15 +40,38 @@ fn assert_same(ours: Vec<Vec<String>>, theirs: Vec<Vec<String>>, what: &str) {
 
 #[test]
 fn sd1_attention_modules_equal_the_table() {
-    let spec = LoraSpec { network_dim: 4, ..LoraSpec::default() };
-    assert_same(ours(&spec), table(include_str!("../../lora-core/tables/sd1.tsv")), "sd1.tsv");
+    let spec = LoraSpec {
+        network_dim: 4,
+        ..LoraSpec::default()
+    };
+    assert_same(
+        ours(&spec),
+        table(include_str!("../../lora-core/tables/sd1.tsv")),
+        "sd1.tsv",
+    );
 }
 
 #[test]
 fn sd1_conv_modules_equal_the_table() {
-    let spec = LoraSpec { network_dim: 4, conv_dim: Some(4), ..LoraSpec::default() };
-    assert_same(ours(&spec), table(include_str!("../../lora-core/tables/sd1_conv.tsv")), "sd1_conv.tsv");
-    let t = lora_targets(&UNetConfig::sd15(), None, &LoraSpec { network_dim: 8, conv_dim: Some(2), ..LoraSpec::default() });
+    let spec = LoraSpec {
+        network_dim: 4,
+        conv_dim: Some(4),
+        ..LoraSpec::default()
+    };
+    assert_same(
+        ours(&spec),
+        table(include_str!("../../lora-core/tables/sd1_conv.tsv")),
+        "sd1_conv.tsv",
+    );
+    let t = lora_targets(
+        &UNetConfig::sd15(),
+        None,
+        &LoraSpec {
+            network_dim: 8,
+            conv_dim: Some(2),
+            ..LoraSpec::default()
+        },
+    );
     // 3×3 convs take conv_dim; the resnets' Linear and 1×1 layers take network_dim (spec §1.2).
     for m in &t {
         let want = if m.kind_str() == "conv3x3" { 2 } else { 8 };
@@ -54,10 +83,20 @@ fn sd1_conv_modules_equal_the_table() {
 #[test]
 fn unet_ldm_keys_equal_the_table() {
     let cfg = UNetConfig::sd15();
-    let spec = LoraSpec { network_dim: 4, conv_dim: Some(4), train_text_encoder: false, ..LoraSpec::default() };
+    let spec = LoraSpec {
+        network_dim: 4,
+        conv_dim: Some(4),
+        train_text_encoder: false,
+        ..LoraSpec::default()
+    };
     let map: std::collections::HashMap<String, String> = lora_targets(&cfg, None, &spec)
         .into_iter()
-        .map(|t| (t.lora_name, unet_ldm_key(&cfg, &format!("{}.weight", t.layer.path)).unwrap()))
+        .map(|t| {
+            (
+                t.lora_name,
+                unet_ldm_key(&cfg, &format!("{}.weight", t.layer.path)).unwrap(),
+            )
+        })
         .collect();
     let rows = table(include_str!("../../lora-core/tables/sd1_unet_to_ldm.tsv"));
     assert_eq!(rows.len(), map.len());
@@ -68,11 +107,20 @@ fn unet_ldm_keys_equal_the_table() {
 
 #[test]
 fn demo_config_names_follow_the_same_rules() {
-    let spec = LoraSpec { network_dim: 16, network_alpha: 8.0, ..LoraSpec::default() };
+    let spec = LoraSpec {
+        network_dim: 16,
+        network_alpha: 8.0,
+        ..LoraSpec::default()
+    };
     let t = lora_targets(&UNetConfig::demo(), Some(&ClipConfig::demo()), &spec);
     // 2 text layers × 6, and 12 per Transformer2DModel: 2 down levels × 1 + 2 up levels × 2 + mid = 7.
     assert_eq!(t.len(), 2 * 6 + 7 * 12);
     assert!(t.iter().all(|m| m.rank == 16 && m.alpha == 8.0));
-    assert!(t.iter().any(|m| m.lora_name == "lora_unet_down_blocks_2_attentions_0_transformer_blocks_0_attn2_to_k"));
-    assert!(!t.iter().any(|m| m.lora_name.starts_with("lora_unet_down_blocks_0_attentions")));
+    assert!(t
+        .iter()
+        .any(|m| m.lora_name
+            == "lora_unet_down_blocks_2_attentions_0_transformer_blocks_0_attn2_to_k"));
+    assert!(!t.iter().any(|m| m
+        .lora_name
+        .starts_with("lora_unet_down_blocks_0_attentions")));
 }

@@ -14,7 +14,8 @@ use lora_cuda::sched::{Ddim, NoiseSchedule, Rng, Sampler};
 use lora_cuda::{LoraContext, Tensor};
 
 fn golden() -> Option<SafetensorsFile> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/golden/model_tiny.safetensors");
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/golden/model_tiny.safetensors");
     if !p.exists() {
         eprintln!(
             "SKIPPED model parity: {} has not been generated (run scripts/model_goldens.py where torch, diffusers and transformers are installed)",
@@ -32,42 +33,89 @@ fn get(f: &SafetensorsFile, name: &str) -> Tensor {
 fn assert_close(ours: &[f32], theirs: &[f32], tol: f32, what: &str) {
     assert_eq!(ours.len(), theirs.len(), "{what}: length");
     let scale = theirs.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let err = ours.iter().zip(theirs).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= tol * scale, "{what}: max error {err} vs scale {scale} (tolerance {tol} relative)");
+    let err = ours
+        .iter()
+        .zip(theirs)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= tol * scale,
+        "{what}: max error {err} vs scale {scale} (tolerance {tol} relative)"
+    );
 }
 
 #[test]
 fn forward_passes_and_lora_gradients_match_diffusers_and_transformers() {
     let Some(f) = golden() else { return };
     let (unet, te) = (UNetConfig::tiny(), ClipConfig::tiny());
-    assert_eq!(te.vocab_size, 31, "the golden script hard-codes the demo vocabulary size");
-    let model = SdModel::from_tensors(unet.clone(), te.clone(), |name, _| Ok(get(&f, name))).unwrap();
+    assert_eq!(
+        te.vocab_size, 31,
+        "the golden script hard-codes the demo vocabulary size"
+    );
+    let model =
+        SdModel::from_tensors(unet.clone(), te.clone(), |name, _| Ok(get(&f, name))).unwrap();
     let mut modules = Vec::new();
     for n in f.names() {
-        if let Some(base) = n.strip_suffix(".lora_down.weight").filter(|_| !n.starts_with("grad.")) {
+        if let Some(base) = n
+            .strip_suffix(".lora_down.weight")
+            .filter(|_| !n.starts_with("grad."))
+        {
             let alpha = get(&f, &format!("{base}.alpha")).to_vec_f32().unwrap()[0];
-            modules.push((base.to_string(), get(&f, n), get(&f, &format!("{base}.lora_up.weight")), Some(alpha)));
+            modules.push((
+                base.to_string(),
+                get(&f, n),
+                get(&f, &format!("{base}.lora_up.weight")),
+                Some(alpha),
+            ));
         }
     }
-    let net = LoraNetwork::from_modules(&unet, Some(&te), modules, "model_tiny.safetensors").unwrap();
-    let ids: Vec<u32> = get(&f, "in.ids").to_vec_f32().unwrap().into_iter().map(|v| v as u32).collect();
+    let net =
+        LoraNetwork::from_modules(&unet, Some(&te), modules, "model_tiny.safetensors").unwrap();
+    let ids: Vec<u32> = get(&f, "in.ids")
+        .to_vec_f32()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect();
     let t = get(&f, "in.t").to_vec_f32().unwrap()[0];
     let mut g = Graph::new();
     let mut ctx = LoraContext::eval(1.0);
     let c = model.te_forward(&mut g, &[&net], &mut ctx, &[ids]).unwrap();
-    assert_close(&g.value(c).unwrap().to_vec_f32().unwrap(), &get(&f, "out.context").to_vec_f32().unwrap(), 1e-4, "text encoder");
+    assert_close(
+        &g.value(c).unwrap().to_vec_f32().unwrap(),
+        &get(&f, "out.context").to_vec_f32().unwrap(),
+        1e-4,
+        "text encoder",
+    );
     let x = g.input(get(&f, "in.x"));
-    let y = model.unet_forward(&mut g, &[&net], &mut ctx, x, &[t], c).unwrap();
-    assert_close(&g.value(y).unwrap().to_vec_f32().unwrap(), &get(&f, "out.unet").to_vec_f32().unwrap(), 1e-4, "U-Net");
+    let y = model
+        .unet_forward(&mut g, &[&net], &mut ctx, x, &[t], c)
+        .unwrap();
+    assert_close(
+        &g.value(y).unwrap().to_vec_f32().unwrap(),
+        &get(&f, "out.unet").to_vec_f32().unwrap(),
+        1e-4,
+        "U-Net",
+    );
     let w = g.input(get(&f, "in.w"));
     let p = g.mul(y, w).unwrap();
     let l = g.sum(p).unwrap();
     let grads = g.backward(l).unwrap();
     for a in &net.adapters {
         for (id, part) in [(a.down, "lora_down"), (a.up, "lora_up")] {
-            let ours = grads.get(id).unwrap_or_else(|| panic!("no gradient for {}", a.name)).to_vec_f32().unwrap();
-            let theirs = get(&f, &format!("grad.{}.{part}.weight", a.name)).to_vec_f32().unwrap();
-            assert_close(&ours, &theirs, 1e-3, &format!("gradient of {}.{part}", a.name));
+            let ours = grads
+                .get(id)
+                .unwrap_or_else(|| panic!("no gradient for {}", a.name))
+                .to_vec_f32()
+                .unwrap();
+            let theirs = get(&f, &format!("grad.{}.{part}.weight", a.name))
+                .to_vec_f32()
+                .unwrap();
+            assert_close(
+                &ours,
+                &theirs,
+                1e-3,
+                &format!("gradient of {}.{part}", a.name),
+            );
         }
     }
 }
@@ -83,8 +131,16 @@ fn ddim_trajectory_matches_diffusers() {
     let n = x.len();
     let mut rng = Rng::new(0);
     for (i, &t) in ddim.timesteps().to_vec().iter().enumerate() {
-        let eps: Vec<f32> = x.iter().map(|v| 0.1 * v + 0.01 * t as f32 / 1000.0).collect();
+        let eps: Vec<f32> = x
+            .iter()
+            .map(|v| 0.1 * v + 0.01 * t as f32 / 1000.0)
+            .collect();
         ddim.step(i, &mut x, &eps, &mut rng);
-        assert_close(&x, &want[i * n..(i + 1) * n], 1e-4, &format!("DDIM step {i}"));
+        assert_close(
+            &x,
+            &want[i * n..(i + 1) * n],
+            1e-4,
+            &format!("DDIM step {i}"),
+        );
     }
 }

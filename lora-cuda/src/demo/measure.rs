@@ -43,7 +43,11 @@ pub fn nearest_colour(rgb: [f32; 3]) -> Colour {
 
 fn style_colour(style: Style, c: Colour) -> [f32; 3] {
     // Render a 1-pixel flat scene to read the palette back without exposing it.
-    let w = super::world::World { size: 3, style, jitter: 0.0 };
+    let w = super::world::World {
+        size: 3,
+        style,
+        jitter: 0.0,
+    };
     let scene = super::world::Scene {
         shape: Shape::Square,
         colour: c,
@@ -69,7 +73,12 @@ pub fn foreground_mask(img: &RgbImage8, threshold: f32) -> Vec<bool> {
     // Background per row: the mean of the two end pixels, unless they disagree (one is covered by the shape),
     // then the one closer to the image's corner colour.
     let corner = {
-        let cs = [img.get(0, 0), img.get(w - 1, 0), img.get(0, h - 1), img.get(w - 1, h - 1)];
+        let cs = [
+            img.get(0, 0),
+            img.get(w - 1, 0),
+            img.get(0, h - 1),
+            img.get(w - 1, h - 1),
+        ];
         let mut acc = [0.0f32; 3];
         for c in cs {
             for i in 0..3 {
@@ -78,12 +87,18 @@ pub fn foreground_mask(img: &RgbImage8, threshold: f32) -> Vec<bool> {
         }
         acc
     };
-    let dist = |a: [f32; 3], b: [f32; 3]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
+    let dist = |a: [f32; 3], b: [f32; 3]| {
+        ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+    };
     let f = |p: [u8; 3]| [p[0] as f32, p[1] as f32, p[2] as f32];
     for y in 0..h {
         let (l, r) = (f(img.get(0, y)), f(img.get(w - 1, y)));
         let bg = if dist(l, r) < threshold {
-            [(l[0] + r[0]) / 2.0, (l[1] + r[1]) / 2.0, (l[2] + r[2]) / 2.0]
+            [
+                (l[0] + r[0]) / 2.0,
+                (l[1] + r[1]) / 2.0,
+                (l[2] + r[2]) / 2.0,
+            ]
         } else if dist(l, corner) < dist(r, corner) {
             l
         } else {
@@ -114,7 +129,12 @@ pub fn iou(a: &[bool], b: &[bool]) -> f32 {
 /// pixels on each side and then eroded by `erode` pixels: the mask a shape shows when its dark outline blends
 /// into a dark background.
 fn template(shape: Shape, w: usize, h: usize, bbox: (f32, f32, f32, f32), erode: f32) -> Vec<bool> {
-    let (x0, x1, y0, y1) = (bbox.0 - erode, bbox.1 + erode, bbox.2 - erode, bbox.3 + erode);
+    let (x0, x1, y0, y1) = (
+        bbox.0 - erode,
+        bbox.1 + erode,
+        bbox.2 - erode,
+        bbox.3 + erode,
+    );
     // The shape's extent in radius units: (umin, umax, vmin, vmax).
     let (umin, umax, vmin, vmax) = match shape {
         Shape::Circle | Shape::Diamond => (-1.0, 1.0, -1.0, 1.0),
@@ -132,9 +152,18 @@ fn template(shape: Shape, w: usize, h: usize, bbox: (f32, f32, f32, f32), erode:
             let (du, dv) = (erode * su, erode * sv);
             m[y * w + x] = inside(shape, u, v)
                 && (erode == 0.0
-                    || [(du, 0.0), (-du, 0.0), (0.0, dv), (0.0, -dv), (du, dv), (-du, -dv), (du, -dv), (-du, dv)]
-                        .iter()
-                        .all(|&(a, b)| inside(shape, u + a, v + b)));
+                    || [
+                        (du, 0.0),
+                        (-du, 0.0),
+                        (0.0, dv),
+                        (0.0, -dv),
+                        (du, dv),
+                        (-du, -dv),
+                        (du, -dv),
+                        (-du, dv),
+                    ]
+                    .iter()
+                    .all(|&(a, b)| inside(shape, u + a, v + b)));
         }
     }
     m
@@ -229,15 +258,26 @@ mod tests {
                     wrong.push((scene.caption(), m));
                 }
             }
-            let colour_errors = wrong.iter().filter(|(c, m)| !c.starts_with(m.colour.word())).count();
+            let colour_errors = wrong
+                .iter()
+                .filter(|(c, m)| !c.starts_with(m.colour.word()))
+                .count();
             assert_eq!(colour_errors, 0, "{style:?}: {wrong:#?}");
-            assert!(wrong.len() <= 4, "{style:?}: {} of 150 misread: {wrong:#?}", wrong.len());
+            assert!(
+                wrong.len() <= 4,
+                "{style:?}: {} of 150 misread: {wrong:#?}",
+                wrong.len()
+            );
         }
     }
 
     #[test]
     fn blank_image_has_no_foreground_and_psnr_behaves() {
-        let img = RgbImage8 { width: 8, height: 8, data: vec![100; 192] };
+        let img = RgbImage8 {
+            width: 8,
+            height: 8,
+            data: vec![100; 192],
+        };
         assert!(analyse(&img).is_none());
         assert!(psnr(&img, &img).is_infinite());
         let mut b = img.clone();
@@ -245,6 +285,9 @@ mod tests {
         let p = psnr(&img, &b);
         assert!((p - 10.0 * (255.0f64 * 255.0 * 192.0 / 100.0).log10()).abs() < 1e-9);
         let s = Scene::from_caption("red circle").unwrap();
-        assert_eq!(s.caption(), "red circle, medium, center, white background, flat");
+        assert_eq!(
+            s.caption(),
+            "red circle, medium, center, white background, flat"
+        );
     }
 }

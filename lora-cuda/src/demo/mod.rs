@@ -16,7 +16,9 @@ pub mod tokenizer;
 pub mod world;
 
 pub use tokenizer::WordTokenizer;
-pub use world::{Background, Colour, Position, RgbImage8, Scene, Shading, Shape, Size, Style, World};
+pub use world::{
+    Background, Colour, Position, RgbImage8, Scene, Shading, Shape, Size, Style, World,
+};
 
 /// The demo text encoder's context length (BOS + up to 22 caption tokens + EOS).
 pub const DEMO_CONTEXT_LEN: usize = 24;

@@ -26,7 +26,10 @@ impl WordTokenizer {
     /// A tokenizer over `words` (ids 3.. in this order) producing sequences of `max_len` ids.
     pub fn new<S: AsRef<str>>(words: &[S], max_len: usize) -> Self {
         WordTokenizer {
-            words: words.iter().map(|w| w.as_ref().to_ascii_lowercase()).collect(),
+            words: words
+                .iter()
+                .map(|w| w.as_ref().to_ascii_lowercase())
+                .collect(),
             max_len: max_len.max(2),
         }
     }
@@ -115,7 +118,12 @@ impl WordTokenizer {
                     if !out.is_empty() {
                         out.push(' ');
                     }
-                    out.push_str(self.words.get(i as usize - 3).map(String::as_str).unwrap_or("?"));
+                    out.push_str(
+                        self.words
+                            .get(i as usize - 3)
+                            .map(String::as_str)
+                            .unwrap_or("?"),
+                    );
                 }
             }
         }
@@ -137,7 +145,7 @@ impl WordTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::world::{Scene, World, Style};
+    use crate::demo::world::{Scene, Style, World};
 
     #[test]
     fn every_demo_caption_encodes_and_decodes() {
@@ -158,9 +166,15 @@ mod tests {
     #[test]
     fn unknown_words_are_listed() {
         let t = WordTokenizer::demo();
-        let e = t.encode("red unicorn, Dragon, red").unwrap_err().to_string();
+        let e = t
+            .encode("red unicorn, Dragon, red")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unicorn") && e.contains("dragon"), "{e}");
-        assert!(!e.contains("unknown word(s) for the demo tokenizer: red"), "{e}");
+        assert!(
+            !e.contains("unknown word(s) for the demo tokenizer: red"),
+            "{e}"
+        );
     }
 
     #[test]

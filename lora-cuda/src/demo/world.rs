@@ -170,8 +170,12 @@ impl Style {
             (Style::B, Background::White) => [236.0, 228.0, 212.0],
             (Style::B, Background::Black) => [34.0, 28.0, 24.0],
             (Style::B, Background::Gray) => [132.0, 124.0, 112.0],
-            (Style::A, Background::Gradient) => [200.0 - 150.0 * y, 215.0 - 150.0 * y, 245.0 - 130.0 * y],
-            (Style::B, Background::Gradient) => [245.0 - 120.0 * y, 200.0 - 130.0 * y, 150.0 - 110.0 * y],
+            (Style::A, Background::Gradient) => {
+                [200.0 - 150.0 * y, 215.0 - 150.0 * y, 245.0 - 130.0 * y]
+            }
+            (Style::B, Background::Gradient) => {
+                [245.0 - 120.0 * y, 200.0 - 130.0 * y, 150.0 - 110.0 * y]
+            }
         }
     }
 
@@ -281,7 +285,10 @@ impl Scene {
             } else if w == "outlined" {
                 scene.outlined = true;
             } else if w == "background" {
-                if let Some(b) = i.checked_sub(1).and_then(|j| Background::from_word(&words[j])) {
+                if let Some(b) = i
+                    .checked_sub(1)
+                    .and_then(|j| Background::from_word(&words[j]))
+                {
                     scene.background = b;
                 }
             } else if Background::from_word(w).is_none() {
@@ -320,7 +327,9 @@ pub fn inside(shape: Shape, u: f32, v: f32) -> bool {
         Shape::Circle => u * u + v * v <= 1.0,
         Shape::Square => u.abs() <= 0.82 && v.abs() <= 0.82,
         Shape::Diamond => u.abs() + v.abs() <= 1.0,
-        Shape::Cross => (u.abs() <= 0.34 && v.abs() <= 0.95) || (v.abs() <= 0.34 && u.abs() <= 0.95),
+        Shape::Cross => {
+            (u.abs() <= 0.34 && v.abs() <= 0.95) || (v.abs() <= 0.34 && u.abs() <= 0.95)
+        }
         Shape::Triangle => {
             // Apex (0, -1), base from (-0.95, 0.75) to (0.95, 0.75).
             if !(-1.0..=0.75).contains(&v) {
@@ -472,7 +481,12 @@ mod tests {
         let mut rng = Rng::new(9);
         for _ in 0..300 {
             let s = Scene::random(&mut rng);
-            assert_eq!(Scene::from_caption(&s.caption()), Some(s), "{}", s.caption());
+            assert_eq!(
+                Scene::from_caption(&s.caption()),
+                Some(s),
+                "{}",
+                s.caption()
+            );
         }
         assert_eq!(Scene::from_caption("red circle, unicorn"), None);
         assert_eq!(Scene::from_caption("large, left"), None);
@@ -493,8 +507,13 @@ mod tests {
 
     #[test]
     fn shape_pixels_have_the_colour_and_background_the_background() {
-        let w = World { size: 64, style: Style::A, jitter: 0.0 };
-        let scene = Scene::from_caption("blue square, large, center, white background, flat").unwrap();
+        let w = World {
+            size: 64,
+            style: Style::A,
+            jitter: 0.0,
+        };
+        let scene =
+            Scene::from_caption("blue square, large, center, white background, flat").unwrap();
         let img = w.render(&scene, 0);
         let c = img.get(32, 32);
         assert!(c[2] > 180 && c[0] < 80 && c[1] < 120, "{c:?}");
@@ -504,8 +523,16 @@ mod tests {
 
     #[test]
     fn shading_varies_inside_the_shape_and_flat_does_not() {
-        let w = World { size: 64, style: Style::A, jitter: 0.0 };
-        for (shading, varies) in [(Shading::Flat, false), (Shading::Shaded, true), (Shading::Glossy, true)] {
+        let w = World {
+            size: 64,
+            style: Style::A,
+            jitter: 0.0,
+        };
+        for (shading, varies) in [
+            (Shading::Flat, false),
+            (Shading::Shaded, true),
+            (Shading::Glossy, true),
+        ] {
             let scene = Scene {
                 shape: Shape::Square,
                 colour: Colour::Green,
@@ -524,8 +551,13 @@ mod tests {
 
     #[test]
     fn outline_darkens_the_border() {
-        let w = World { size: 64, style: Style::A, jitter: 0.0 };
-        let mut scene = Scene::from_caption("yellow square, large, center, gray background, flat").unwrap();
+        let w = World {
+            size: 64,
+            style: Style::A,
+            jitter: 0.0,
+        };
+        let mut scene =
+            Scene::from_caption("yellow square, large, center, gray background, flat").unwrap();
         let plain = w.render(&scene, 0);
         scene.outlined = true;
         let lined = w.render(&scene, 0);

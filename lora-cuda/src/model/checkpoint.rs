@@ -34,16 +34,27 @@ pub struct ModelInfo {
 
 impl Default for ModelInfo {
     fn default() -> Self {
-        ModelInfo { tokenizer: None, schedule: NoiseSchedule::sd_default(), prediction: Prediction::Epsilon, extra: BTreeMap::new() }
+        ModelInfo {
+            tokenizer: None,
+            schedule: NoiseSchedule::sd_default(),
+            prediction: Prediction::Epsilon,
+            extra: BTreeMap::new(),
+        }
     }
 }
 
 pub(crate) fn core_err(e: lora_core::Error) -> Error {
-    Error::InvalidArgument { what: "file".into(), msg: e.to_string() }
+    Error::InvalidArgument {
+        what: "file".into(),
+        msg: e.to_string(),
+    }
 }
 
 fn list<T: std::fmt::Display>(v: &[T]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The U-Net config as a metadata string (`key=value;...`).
@@ -53,7 +64,12 @@ pub fn unet_config_string(c: &UNetConfig) -> String {
         c.in_channels,
         c.out_channels,
         list(&c.block_out_channels),
-        list(&c.down_attention.iter().map(|&b| b as u8).collect::<Vec<_>>()),
+        list(
+            &c.down_attention
+                .iter()
+                .map(|&b| b as u8)
+                .collect::<Vec<_>>()
+        ),
         c.layers_per_block,
         c.attention_heads,
         c.cross_attention_dim,
@@ -67,16 +83,23 @@ pub fn unet_config_string(c: &UNetConfig) -> String {
 pub fn te_config_string(c: &ClipConfig) -> String {
     format!(
         "vocab={};hidden={};layers={};heads={};mlp={};positions={};eps={}",
-        c.vocab_size, c.hidden, c.layers, c.heads, c.intermediate, c.max_positions, c.layer_norm_eps
+        c.vocab_size,
+        c.hidden,
+        c.layers,
+        c.heads,
+        c.intermediate,
+        c.max_positions,
+        c.layer_norm_eps
     )
 }
 
 fn kv(s: &str, what: &str) -> Result<BTreeMap<String, String>> {
     let mut m = BTreeMap::new();
     for part in s.split(';').filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| Error::InvalidArgument { what: what.into(), msg: format!("entry {part:?} is not key=value") })?;
+        let (k, v) = part.split_once('=').ok_or_else(|| Error::InvalidArgument {
+            what: what.into(),
+            msg: format!("entry {part:?} is not key=value"),
+        })?;
         m.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(m)
@@ -85,13 +108,25 @@ fn kv(s: &str, what: &str) -> Result<BTreeMap<String, String>> {
 fn get<T: std::str::FromStr>(m: &BTreeMap<String, String>, k: &str, what: &str) -> Result<T> {
     m.get(k)
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Error::InvalidArgument { what: what.into(), msg: format!("missing or invalid {k:?}") })
+        .ok_or_else(|| Error::InvalidArgument {
+            what: what.into(),
+            msg: format!("missing or invalid {k:?}"),
+        })
 }
 
-fn get_list<T: std::str::FromStr>(m: &BTreeMap<String, String>, k: &str, what: &str) -> Result<Vec<T>> {
+fn get_list<T: std::str::FromStr>(
+    m: &BTreeMap<String, String>,
+    k: &str,
+    what: &str,
+) -> Result<Vec<T>> {
     let s: String = get(m, k, what)?;
     s.split(',')
-        .map(|x| x.trim().parse().map_err(|_| Error::InvalidArgument { what: what.into(), msg: format!("bad list {k}={s}") }))
+        .map(|x| {
+            x.trim().parse().map_err(|_| Error::InvalidArgument {
+                what: what.into(),
+                msg: format!("bad list {k}={s}"),
+            })
+        })
         .collect()
 }
 
@@ -103,7 +138,10 @@ pub fn parse_unet_config(s: &str) -> Result<UNetConfig> {
         in_channels: get(&m, "in", w)?,
         out_channels: get(&m, "out", w)?,
         block_out_channels: get_list(&m, "blocks", w)?,
-        down_attention: get_list::<u8>(&m, "attn", w)?.into_iter().map(|b| b != 0).collect(),
+        down_attention: get_list::<u8>(&m, "attn", w)?
+            .into_iter()
+            .map(|b| b != 0)
+            .collect(),
         layers_per_block: get(&m, "layers", w)?,
         attention_heads: get(&m, "heads", w)?,
         cross_attention_dim: get(&m, "cross", w)?,
@@ -147,13 +185,22 @@ pub fn checkpoint_metadata(model: &SdModel, info: &ModelInfo) -> Metadata {
         BetaSchedule::ScaledLinear => "scaled_linear",
         BetaSchedule::Linear => "linear",
     };
-    m.insert("copier_lora.schedule", format!("{bs},{},{},{}", s.beta_start, s.beta_end, s.num_train_timesteps));
+    m.insert(
+        "copier_lora.schedule",
+        format!(
+            "{bs},{},{},{}",
+            s.beta_start, s.beta_end, s.num_train_timesteps
+        ),
+    );
     m.insert("copier_lora.prediction", info.prediction.as_str());
     m.insert("modelspec.sai_model_spec", "1.0.1");
     m.insert("modelspec.architecture", "copier-lora-demo-pixel");
     m.insert("modelspec.implementation", "copier-lora");
     m.insert("modelspec.prediction_type", info.prediction.as_str());
-    m.insert("modelspec.resolution", format!("{0}x{0}", model.unet.sample_size));
+    m.insert(
+        "modelspec.resolution",
+        format!("{0}x{0}", model.unet.sample_size),
+    );
     for (k, v) in &info.extra {
         m.insert(k.clone(), v.clone());
     }
@@ -177,22 +224,34 @@ pub fn ldm_keys(unet: &UNetConfig, te: &ClipConfig) -> Result<Vec<(String, Strin
 }
 
 /// Writes `model` as an LDM-layout safetensors checkpoint in `precision`, atomically (temp file + rename).
-pub fn save_checkpoint(model: &SdModel, info: &ModelInfo, path: &Path, precision: SavePrecision) -> Result<()> {
+pub fn save_checkpoint(
+    model: &SdModel,
+    info: &ModelInfo,
+    path: &Path,
+    precision: SavePrecision,
+) -> Result<()> {
     let mut tensors = Vec::new();
     for (ldm, store_name) in ldm_keys(&model.unet, &model.te)? {
-        let id = model.store.find(&store_name).ok_or_else(|| Error::InvalidArgument {
-            what: format!("model parameter {store_name}"),
-            msg: "missing from the model".into(),
-        })?;
+        let id = model
+            .store
+            .find(&store_name)
+            .ok_or_else(|| Error::InvalidArgument {
+                what: format!("model parameter {store_name}"),
+                msg: "missing from the model".into(),
+            })?;
         let arr = model.store.value(id)?.to_array()?;
         let view = TensorView::from_f32_owned(arr, precision.dtype(), true).map_err(core_err)?;
         tensors.push((ldm, view));
     }
-    lora_core::write_safetensors(path, &tensors, &checkpoint_metadata(model, info)).map_err(core_err)
+    lora_core::write_safetensors(path, &tensors, &checkpoint_metadata(model, info))
+        .map_err(core_err)
 }
 
 fn file_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::InvalidArgument { what: format!("checkpoint {}", path.display()), msg: msg.into() }
+    Error::InvalidArgument {
+        what: format!("checkpoint {}", path.display()),
+        msg: msg.into(),
+    }
 }
 
 /// Reads the configs from a checkpoint's metadata, or recognises an SD 1.x file by its keys and shapes.
@@ -206,7 +265,10 @@ pub fn inspect_checkpoint(path: &Path) -> Result<(UNetConfig, ClipConfig, ModelI
             let te = parse_te_config(t).map_err(|e| file_err(path, e.to_string()))?;
             let mut info = ModelInfo::default();
             if let Some(v) = meta.get("copier_lora.vocab") {
-                let len = meta.get("copier_lora.context_len").and_then(|s| s.parse().ok()).unwrap_or(te.max_positions);
+                let len = meta
+                    .get("copier_lora.context_len")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(te.max_positions);
                 info.tokenizer = Some(WordTokenizer::from_metadata(v, len));
             }
             if let Some(s) = meta.get("copier_lora.schedule") {
@@ -259,7 +321,9 @@ pub fn inspect_checkpoint(path: &Path) -> Result<(UNetConfig, ClipConfig, ModelI
         let want = if let Some(n) = store_name.strip_prefix(UNET) {
             unet.parameters().get(n).cloned()
         } else {
-            te.parameters().get(store_name.trim_start_matches(TE)).cloned()
+            te.parameters()
+                .get(store_name.trim_start_matches(TE))
+                .cloned()
         }
         .unwrap_or_default();
         match ck.resolve(&ldm) {
@@ -267,8 +331,13 @@ pub fn inspect_checkpoint(path: &Path) -> Result<(UNetConfig, ClipConfig, ModelI
             Some(key) => {
                 let (_, shape) = ck.info(&key).map_err(core_err)?;
                 // CLIP's position table may be stored as [1, L, D] in some exports; accept equal numel.
-                if shape != want && shape.iter().product::<usize>() != want.iter().product::<usize>() {
-                    return Err(file_err(path, format!("tensor {key} has shape {shape:?}, the model needs {want:?}")));
+                if shape != want
+                    && shape.iter().product::<usize>() != want.iter().product::<usize>()
+                {
+                    return Err(file_err(
+                        path,
+                        format!("tensor {key} has shape {shape:?}, the model needs {want:?}"),
+                    ));
                 }
             }
         }
@@ -276,7 +345,10 @@ pub fn inspect_checkpoint(path: &Path) -> Result<(UNetConfig, ClipConfig, ModelI
     if !missing.is_empty() {
         let n = missing.len();
         missing.truncate(5);
-        return Err(file_err(path, format!("{n} tensor(s) missing, e.g. {}", missing.join(", "))));
+        return Err(file_err(
+            path,
+            format!("{n} tensor(s) missing, e.g. {}", missing.join(", ")),
+        ));
     }
     Ok((unet, te, info, ck))
 }
@@ -284,10 +356,17 @@ pub fn inspect_checkpoint(path: &Path) -> Result<(UNetConfig, ClipConfig, ModelI
 /// Loads a checkpoint written by [`save_checkpoint`] (or an SD 1.x LDM file) into f32 weights.
 pub fn load_checkpoint(path: &Path) -> Result<(SdModel, ModelInfo)> {
     let (unet, te, info, ck) = inspect_checkpoint(path)?;
-    let keys: BTreeMap<String, String> = ldm_keys(&unet, &te)?.into_iter().map(|(l, s)| (s, l)).collect();
+    let keys: BTreeMap<String, String> = ldm_keys(&unet, &te)?
+        .into_iter()
+        .map(|(l, s)| (s, l))
+        .collect();
     let model = SdModel::from_tensors(unet, te, |store_name, shape| {
-        let ldm = keys.get(store_name).ok_or_else(|| file_err(path, format!("no LDM key for {store_name}")))?;
-        let key = ck.resolve(ldm).ok_or_else(|| file_err(path, format!("tensor {ldm} missing")))?;
+        let ldm = keys
+            .get(store_name)
+            .ok_or_else(|| file_err(path, format!("no LDM key for {store_name}")))?;
+        let key = ck
+            .resolve(ldm)
+            .ok_or_else(|| file_err(path, format!("tensor {ldm} missing")))?;
         let arr = ck.tensor_f32(&key).map_err(core_err)?;
         let t = Tensor::from_array(&arr);
         if t.shape() != shape && t.numel() == shape.iter().product::<usize>() {
@@ -320,7 +399,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tiny.safetensors");
         let model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 5).unwrap();
-        let mut info = ModelInfo { tokenizer: Some(WordTokenizer::demo()), ..ModelInfo::default() };
+        let mut info = ModelInfo {
+            tokenizer: Some(WordTokenizer::demo()),
+            ..ModelInfo::default()
+        };
         info.extra.insert("copier_lora.title".into(), "tiny".into());
         save_checkpoint(&model, &info, &path, SavePrecision::Float).unwrap();
         let ck = Checkpoint::open(&path).unwrap();
@@ -329,15 +411,28 @@ mod tests {
         let (back, binfo) = load_checkpoint(&path).unwrap();
         assert_eq!(back.unet, model.unet);
         assert_eq!(binfo.tokenizer, info.tokenizer);
-        assert_eq!(binfo.extra.get("copier_lora.title").map(String::as_str), Some("tiny"));
+        assert_eq!(
+            binfo.extra.get("copier_lora.title").map(String::as_str),
+            Some("tiny")
+        );
         for id in model.store.ids() {
             let p = model.store.get(id).unwrap();
             let q = back.store.value(back.store.find(&p.name).unwrap()).unwrap();
-            assert_eq!(p.value.to_vec_f32().unwrap(), q.to_vec_f32().unwrap(), "{}", p.name);
+            assert_eq!(
+                p.value.to_vec_f32().unwrap(),
+                q.to_vec_f32().unwrap(),
+                "{}",
+                p.name
+            );
         }
         // A file that is not a model is refused with its name in the error.
         let lora = dir.join("not_a_model.safetensors");
-        lora_core::write_safetensors(&lora, &[("x".to_string(), TensorView::scalar_i64(1))], &Metadata::new()).unwrap();
+        lora_core::write_safetensors(
+            &lora,
+            &[("x".to_string(), TensorView::scalar_i64(1))],
+            &Metadata::new(),
+        )
+        .unwrap();
         let e = load_checkpoint(&lora).unwrap_err().to_string();
         assert!(e.contains("not_a_model.safetensors"), "{e}");
         std::fs::remove_dir_all(&dir).ok();

@@ -140,7 +140,12 @@ impl UNetConfig {
 
     /// Checks the config's internal consistency.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::InvalidArgument { what: "UNetConfig".into(), msg });
+        let bad = |msg: String| {
+            Err(Error::InvalidArgument {
+                what: "UNetConfig".into(),
+                msg,
+            })
+        };
         let n = self.block_out_channels.len();
         if n == 0 || self.down_attention.len() != n {
             return bad(format!(
@@ -150,7 +155,9 @@ impl UNetConfig {
             ));
         }
         if self.layers_per_block == 0 || self.attention_heads == 0 || self.norm_num_groups == 0 {
-            return bad("layers_per_block, attention_heads and norm_num_groups must be positive".into());
+            return bad(
+                "layers_per_block, attention_heads and norm_num_groups must be positive".into(),
+            );
         }
         for &c in &self.block_out_channels {
             if c % self.norm_num_groups != 0 || c % self.attention_heads != 0 {
@@ -179,10 +186,22 @@ impl UNetConfig {
     pub fn up_resnet_channels(&self, i: usize, j: usize) -> (usize, usize) {
         let n = self.block_out_channels.len();
         let out = self.up_out(i);
-        let prev = if i == 0 { self.block_out_channels[n - 1] } else { self.up_out(i - 1) };
+        let prev = if i == 0 {
+            self.block_out_channels[n - 1]
+        } else {
+            self.up_out(i - 1)
+        };
         let input = self.block_out_channels[(n - 1).saturating_sub(i + 1)];
-        let input = if i + 1 >= n { self.block_out_channels[0] } else { input };
-        let skip = if j == self.layers_per_block { input } else { out };
+        let input = if i + 1 >= n {
+            self.block_out_channels[0]
+        } else {
+            input
+        };
+        let skip = if j == self.layers_per_block {
+            input
+        } else {
+            out
+        };
         let res_in = if j == 0 { prev } else { out };
         (res_in + skip, out)
     }
@@ -196,32 +215,137 @@ impl UNetConfig {
         let temb = self.time_embed_dim();
         let c0 = self.block_out_channels[0];
         let lin = |v: &mut Vec<LayerInfo>, path: String, i, o, block, bias| {
-            v.push(LayerInfo { path, kind: LayerKind::Linear, in_dim: i, out_dim: o, block, bias })
+            v.push(LayerInfo {
+                path,
+                kind: LayerKind::Linear,
+                in_dim: i,
+                out_dim: o,
+                block,
+                bias,
+            })
         };
         let conv = |v: &mut Vec<LayerInfo>, path: String, k, i, o, block| {
-            v.push(LayerInfo { path, kind: LayerKind::Conv { k }, in_dim: i, out_dim: o, block, bias: true })
+            v.push(LayerInfo {
+                path,
+                kind: LayerKind::Conv { k },
+                in_dim: i,
+                out_dim: o,
+                block,
+                bias: true,
+            })
         };
-        conv(&mut v, "conv_in".into(), 3, self.in_channels, c0, BlockKind::Other);
-        lin(&mut v, "time_embedding.linear_1".into(), c0, temb, BlockKind::Other, true);
-        lin(&mut v, "time_embedding.linear_2".into(), temb, temb, BlockKind::Other, true);
+        conv(
+            &mut v,
+            "conv_in".into(),
+            3,
+            self.in_channels,
+            c0,
+            BlockKind::Other,
+        );
+        lin(
+            &mut v,
+            "time_embedding.linear_1".into(),
+            c0,
+            temb,
+            BlockKind::Other,
+            true,
+        );
+        lin(
+            &mut v,
+            "time_embedding.linear_2".into(),
+            temb,
+            temb,
+            BlockKind::Other,
+            true,
+        );
         let transformer = |v: &mut Vec<LayerInfo>, p: &str, ch: usize| {
             conv(v, format!("{p}.proj_in"), 1, ch, ch, BlockKind::Transformer);
             let tb = format!("{p}.transformer_blocks.0");
             for q in ["to_q", "to_k", "to_v"] {
-                lin(v, format!("{tb}.attn1.{q}"), ch, ch, BlockKind::Transformer, false);
+                lin(
+                    v,
+                    format!("{tb}.attn1.{q}"),
+                    ch,
+                    ch,
+                    BlockKind::Transformer,
+                    false,
+                );
             }
-            lin(v, format!("{tb}.attn1.to_out.0"), ch, ch, BlockKind::Transformer, true);
-            lin(v, format!("{tb}.ff.net.0.proj"), ch, 8 * ch, BlockKind::Transformer, true);
-            lin(v, format!("{tb}.ff.net.2"), 4 * ch, ch, BlockKind::Transformer, true);
-            lin(v, format!("{tb}.attn2.to_q"), ch, ch, BlockKind::Transformer, false);
-            lin(v, format!("{tb}.attn2.to_k"), self.cross_attention_dim, ch, BlockKind::Transformer, false);
-            lin(v, format!("{tb}.attn2.to_v"), self.cross_attention_dim, ch, BlockKind::Transformer, false);
-            lin(v, format!("{tb}.attn2.to_out.0"), ch, ch, BlockKind::Transformer, true);
-            conv(v, format!("{p}.proj_out"), 1, ch, ch, BlockKind::Transformer);
+            lin(
+                v,
+                format!("{tb}.attn1.to_out.0"),
+                ch,
+                ch,
+                BlockKind::Transformer,
+                true,
+            );
+            lin(
+                v,
+                format!("{tb}.ff.net.0.proj"),
+                ch,
+                8 * ch,
+                BlockKind::Transformer,
+                true,
+            );
+            lin(
+                v,
+                format!("{tb}.ff.net.2"),
+                4 * ch,
+                ch,
+                BlockKind::Transformer,
+                true,
+            );
+            lin(
+                v,
+                format!("{tb}.attn2.to_q"),
+                ch,
+                ch,
+                BlockKind::Transformer,
+                false,
+            );
+            lin(
+                v,
+                format!("{tb}.attn2.to_k"),
+                self.cross_attention_dim,
+                ch,
+                BlockKind::Transformer,
+                false,
+            );
+            lin(
+                v,
+                format!("{tb}.attn2.to_v"),
+                self.cross_attention_dim,
+                ch,
+                BlockKind::Transformer,
+                false,
+            );
+            lin(
+                v,
+                format!("{tb}.attn2.to_out.0"),
+                ch,
+                ch,
+                BlockKind::Transformer,
+                true,
+            );
+            conv(
+                v,
+                format!("{p}.proj_out"),
+                1,
+                ch,
+                ch,
+                BlockKind::Transformer,
+            );
         };
         let resnet = |v: &mut Vec<LayerInfo>, p: &str, i: usize, o: usize| {
             conv(v, format!("{p}.conv1"), 3, i, o, BlockKind::Resnet);
-            lin(v, format!("{p}.time_emb_proj"), temb, o, BlockKind::Resnet, true);
+            lin(
+                v,
+                format!("{p}.time_emb_proj"),
+                temb,
+                o,
+                BlockKind::Resnet,
+                true,
+            );
             conv(v, format!("{p}.conv2"), 3, o, o, BlockKind::Resnet);
             if i != o {
                 conv(v, format!("{p}.conv_shortcut"), 1, i, o, BlockKind::Resnet);
@@ -236,10 +360,22 @@ impl UNetConfig {
                 }
             }
             for j in 0..self.layers_per_block {
-                resnet(&mut v, &format!("down_blocks.{i}.resnets.{j}"), if j == 0 { ch_in } else { out }, out);
+                resnet(
+                    &mut v,
+                    &format!("down_blocks.{i}.resnets.{j}"),
+                    if j == 0 { ch_in } else { out },
+                    out,
+                );
             }
             if i + 1 < n {
-                conv(&mut v, format!("down_blocks.{i}.downsamplers.0.conv"), 3, out, out, BlockKind::Downsample);
+                conv(
+                    &mut v,
+                    format!("down_blocks.{i}.downsamplers.0.conv"),
+                    3,
+                    out,
+                    out,
+                    BlockKind::Downsample,
+                );
             }
             ch_in = out;
         }
@@ -255,14 +391,28 @@ impl UNetConfig {
                 resnet(&mut v, &format!("up_blocks.{i}.resnets.{j}"), ri, ro);
             }
             if i + 1 < n {
-                conv(&mut v, format!("up_blocks.{i}.upsamplers.0.conv"), 3, out, out, BlockKind::Upsample);
+                conv(
+                    &mut v,
+                    format!("up_blocks.{i}.upsamplers.0.conv"),
+                    3,
+                    out,
+                    out,
+                    BlockKind::Upsample,
+                );
             }
         }
         let mid = self.block_out_channels[n - 1];
         transformer(&mut v, "mid_block.attentions.0", mid);
         resnet(&mut v, "mid_block.resnets.0", mid, mid);
         resnet(&mut v, "mid_block.resnets.1", mid, mid);
-        conv(&mut v, "conv_out".into(), 3, c0, self.out_channels, BlockKind::Other);
+        conv(
+            &mut v,
+            "conv_out".into(),
+            3,
+            c0,
+            self.out_channels,
+            BlockKind::Other,
+        );
         v
     }
 
@@ -293,7 +443,11 @@ impl UNetConfig {
             if let Some(p) = l.path.strip_suffix(".proj_in") {
                 norm(&mut m, format!("{p}.norm"), l.in_dim);
                 for k in 1..=3 {
-                    norm(&mut m, format!("{p}.transformer_blocks.0.norm{k}"), l.in_dim);
+                    norm(
+                        &mut m,
+                        format!("{p}.transformer_blocks.0.norm{k}"),
+                        l.in_dim,
+                    );
                 }
             }
         }
@@ -363,10 +517,14 @@ impl ClipConfig {
 
     /// Checks the config's internal consistency.
     pub fn validate(&self) -> Result<()> {
-        if self.hidden == 0 || self.heads == 0 || self.hidden % self.heads != 0 || self.layers == 0 {
+        if self.hidden == 0 || self.heads == 0 || self.hidden % self.heads != 0 || self.layers == 0
+        {
             return Err(Error::InvalidArgument {
                 what: "ClipConfig".into(),
-                msg: format!("hidden {} must be a positive multiple of heads {}", self.hidden, self.heads),
+                msg: format!(
+                    "hidden {} must be a positive multiple of heads {}",
+                    self.hidden, self.heads
+                ),
             });
         }
         Ok(())
@@ -403,8 +561,14 @@ impl ClipConfig {
     pub fn parameters(&self) -> BTreeMap<String, Vec<usize>> {
         let mut m = BTreeMap::new();
         let h = self.hidden;
-        m.insert("text_model.embeddings.token_embedding.weight".into(), vec![self.vocab_size, h]);
-        m.insert("text_model.embeddings.position_embedding.weight".into(), vec![self.max_positions, h]);
+        m.insert(
+            "text_model.embeddings.token_embedding.weight".into(),
+            vec![self.vocab_size, h],
+        );
+        m.insert(
+            "text_model.embeddings.position_embedding.weight".into(),
+            vec![self.max_positions, h],
+        );
         for l in self.layers() {
             m.insert(format!("{}.weight", l.path), vec![l.out_dim, l.in_dim]);
             m.insert(format!("{}.bias", l.path), vec![l.out_dim]);
@@ -442,7 +606,11 @@ mod tests {
     /// both counts are public facts of the released checkpoints.
     #[test]
     fn sd15_parameter_counts_match_the_released_models() {
-        let count = |m: BTreeMap<String, Vec<usize>>| m.values().map(|s| s.iter().product::<usize>()).sum::<usize>();
+        let count = |m: BTreeMap<String, Vec<usize>>| {
+            m.values()
+                .map(|s| s.iter().product::<usize>())
+                .sum::<usize>()
+        };
         assert_eq!(count(UNetConfig::sd15().parameters()), 859_520_964);
         assert_eq!(count(ClipConfig::clip_l().parameters()), 123_060_480);
         let demo = count(UNetConfig::demo().parameters());

@@ -31,19 +31,30 @@ pub struct LoraNetwork {
 /// The conv geometry of a module: 3×3 convs in the U-Net pad by 1, down-samplers also stride 2.
 pub fn conv_cfg_for(path: &str, k: usize) -> Conv2dCfg {
     let stride = if path.contains("downsamplers") { 2 } else { 1 };
-    Conv2dCfg { stride, padding: k / 2 }
+    Conv2dCfg {
+        stride,
+        padding: k / 2,
+    }
 }
 
 fn kind_of(t: &LoraTarget) -> LoraKind {
     match t.layer.kind {
         LayerKind::Linear => LoraKind::Linear,
-        LayerKind::Conv { k } => LoraKind::Conv { kernel: k, cfg: conv_cfg_for(&t.layer.path, k) },
+        LayerKind::Conv { k } => LoraKind::Conv {
+            kernel: k,
+            cfg: conv_cfg_for(&t.layer.path, k),
+        },
     }
 }
 
 impl LoraNetwork {
     /// A freshly initialised network (down: kaiming-uniform, up: zero, as sd-scripts), seeded.
-    pub fn new(unet: &UNetConfig, te: Option<&ClipConfig>, spec: &LoraSpec, seed: u64) -> Result<Self> {
+    pub fn new(
+        unet: &UNetConfig,
+        te: Option<&ClipConfig>,
+        spec: &LoraSpec,
+        seed: u64,
+    ) -> Result<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut store = ParamStore::new();
         let targets = lora_targets(unet, te, spec);
@@ -51,10 +62,24 @@ impl LoraNetwork {
         for t in &targets {
             let cfg = LoraConfig::new(t.rank, t.alpha as f64);
             let a = match kind_of(t) {
-                LoraKind::Linear => LoraAdapter::new_linear(&mut store, &t.lora_name, t.layer.in_dim, t.layer.out_dim, cfg, &mut rng)?,
-                LoraKind::Conv { kernel, cfg: cc } => {
-                    LoraAdapter::new_conv(&mut store, &t.lora_name, t.layer.in_dim, t.layer.out_dim, kernel, cc, cfg, &mut rng)?
-                }
+                LoraKind::Linear => LoraAdapter::new_linear(
+                    &mut store,
+                    &t.lora_name,
+                    t.layer.in_dim,
+                    t.layer.out_dim,
+                    cfg,
+                    &mut rng,
+                )?,
+                LoraKind::Conv { kernel, cfg: cc } => LoraAdapter::new_conv(
+                    &mut store,
+                    &t.lora_name,
+                    t.layer.in_dim,
+                    t.layer.out_dim,
+                    kernel,
+                    cc,
+                    cfg,
+                    &mut rng,
+                )?,
             };
             adapters.push(a);
         }
@@ -62,8 +87,18 @@ impl LoraNetwork {
     }
 
     fn assemble(store: ParamStore, adapters: Vec<LoraAdapter>, targets: Vec<LoraTarget>) -> Self {
-        let index = adapters.iter().enumerate().map(|(i, a)| (a.name.clone(), i)).collect();
-        LoraNetwork { store, adapters, targets, multiplier: 1.0, index }
+        let index = adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.clone(), i))
+            .collect();
+        LoraNetwork {
+            store,
+            adapters,
+            targets,
+            multiplier: 1.0,
+            index,
+        }
     }
 
     /// A network from stored modules: `(name, down, up, alpha)` with down/up as f32 tensors in kohya shapes.
@@ -79,9 +114,16 @@ impl LoraNetwork {
         let all = lora_targets(
             unet,
             te,
-            &LoraSpec { network_dim: 1, network_alpha: 1.0, conv_dim: Some(1), conv_alpha: 1.0, train_text_encoder: true },
+            &LoraSpec {
+                network_dim: 1,
+                network_alpha: 1.0,
+                conv_dim: Some(1),
+                conv_alpha: 1.0,
+                train_text_encoder: true,
+            },
         );
-        let by_name: HashMap<&str, &LoraTarget> = all.iter().map(|t| (t.lora_name.as_str(), t)).collect();
+        let by_name: HashMap<&str, &LoraTarget> =
+            all.iter().map(|t| (t.lora_name.as_str(), t)).collect();
         let mut store = ParamStore::new();
         let mut adapters = Vec::new();
         let mut targets = Vec::new();
@@ -98,12 +140,16 @@ impl LoraNetwork {
             let want_down = t.down_shape();
             let want_up = t.up_shape();
             // SD2-style 2-D weights on 1×1 convs are accepted by reshaping (merge_lora squeezes them too).
-            let down = if down.shape() != want_down.as_slice() && down.numel() == want_down.iter().product::<usize>() {
+            let down = if down.shape() != want_down.as_slice()
+                && down.numel() == want_down.iter().product::<usize>()
+            {
                 down.reshape(&want_down)?
             } else {
                 down
             };
-            let up = if up.shape() != want_up.as_slice() && up.numel() == want_up.iter().product::<usize>() {
+            let up = if up.shape() != want_up.as_slice()
+                && up.numel() == want_up.iter().product::<usize>()
+            {
                 up.reshape(&want_up)?
             } else {
                 up
@@ -121,7 +167,14 @@ impl LoraNetwork {
                 });
             }
             let cfg = LoraConfig::new(rank, t.alpha as f64);
-            adapters.push(LoraAdapter::from_tensors(&mut store, &name, down, up, kind_of(&t), cfg)?);
+            adapters.push(LoraAdapter::from_tensors(
+                &mut store,
+                &name,
+                down,
+                up,
+                kind_of(&t),
+                cfg,
+            )?);
             targets.push(t);
         }
         if !unknown.is_empty() {

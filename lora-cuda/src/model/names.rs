@@ -81,7 +81,11 @@ pub fn lora_name(prefix: &str, path: &str) -> String {
 }
 
 /// The LoRA modules of a text encoder and a U-Net, in kohya's order (text encoder first).
-pub fn lora_targets(unet: &UNetConfig, te: Option<&ClipConfig>, spec: &LoraSpec) -> Vec<LoraTarget> {
+pub fn lora_targets(
+    unet: &UNetConfig,
+    te: Option<&ClipConfig>,
+    spec: &LoraSpec,
+) -> Vec<LoraTarget> {
     let mut out = Vec::new();
     if let Some(te) = te.filter(|_| spec.train_text_encoder) {
         for layer in te.layers() {
@@ -97,7 +101,10 @@ pub fn lora_targets(unet: &UNetConfig, te: Option<&ClipConfig>, spec: &LoraSpec)
         }
     }
     for layer in unet.layers() {
-        let conv_blocks = matches!(layer.block, BlockKind::Resnet | BlockKind::Downsample | BlockKind::Upsample);
+        let conv_blocks = matches!(
+            layer.block,
+            BlockKind::Resnet | BlockKind::Downsample | BlockKind::Upsample
+        );
         let (rank, alpha) = match (layer.block, layer.kind) {
             (BlockKind::Transformer, _) => (spec.network_dim, spec.network_alpha),
             (_, LayerKind::Conv { k: 3 }) if conv_blocks => match spec.conv_dim {
@@ -160,8 +167,14 @@ pub fn unet_diffusers_to_ldm(cfg: &UNetConfig, name: &str) -> Option<String> {
                 return None;
             }
             match *kind {
-                "attentions" if j < lpb => Some(format!("input_blocks.{}.1.{rest}", 1 + i * (lpb + 1) + j)),
-                "resnets" if j < lpb => Some(format!("input_blocks.{}.0.{}", 1 + i * (lpb + 1) + j, res(rest)?)),
+                "attentions" if j < lpb => {
+                    Some(format!("input_blocks.{}.1.{rest}", 1 + i * (lpb + 1) + j))
+                }
+                "resnets" if j < lpb => Some(format!(
+                    "input_blocks.{}.0.{}",
+                    1 + i * (lpb + 1) + j,
+                    res(rest)?
+                )),
                 "downsamplers" if j == 0 && i + 1 < n => {
                     let rest = rest.strip_prefix("conv.")?;
                     Some(format!("input_blocks.{}.0.op.{rest}", (i + 1) * (lpb + 1)))
@@ -175,12 +188,21 @@ pub fn unet_diffusers_to_ldm(cfg: &UNetConfig, name: &str) -> Option<String> {
                 return None;
             }
             match *kind {
-                "attentions" if j <= lpb => Some(format!("output_blocks.{}.1.{rest}", i * (lpb + 1) + j)),
-                "resnets" if j <= lpb => Some(format!("output_blocks.{}.0.{}", i * (lpb + 1) + j, res(rest)?)),
+                "attentions" if j <= lpb => {
+                    Some(format!("output_blocks.{}.1.{rest}", i * (lpb + 1) + j))
+                }
+                "resnets" if j <= lpb => Some(format!(
+                    "output_blocks.{}.0.{}",
+                    i * (lpb + 1) + j,
+                    res(rest)?
+                )),
                 "upsamplers" if j == 0 && i + 1 < n => {
                     let rest = rest.strip_prefix("conv.")?;
                     let slot = if cfg.up_attention(i) { 2 } else { 1 };
-                    Some(format!("output_blocks.{}.{slot}.conv.{rest}", i * (lpb + 1) + lpb))
+                    Some(format!(
+                        "output_blocks.{}.{slot}.conv.{rest}",
+                        i * (lpb + 1) + lpb
+                    ))
                 }
                 _ => None,
             }
@@ -231,8 +253,12 @@ mod tests {
             let params = cfg.parameters();
             let mut seen = std::collections::HashSet::new();
             for name in params.keys() {
-                let k = unet_diffusers_to_ldm(&cfg, name).unwrap_or_else(|| panic!("no LDM key for {name}"));
-                assert!(seen.insert(k.clone()), "duplicate LDM key {k} (from {name})");
+                let k = unet_diffusers_to_ldm(&cfg, name)
+                    .unwrap_or_else(|| panic!("no LDM key for {name}"));
+                assert!(
+                    seen.insert(k.clone()),
+                    "duplicate LDM key {k} (from {name})"
+                );
             }
         }
     }
@@ -242,13 +268,34 @@ mod tests {
         let c = UNetConfig::sd15();
         let m = |s: &str| unet_diffusers_to_ldm(&c, s).unwrap();
         assert_eq!(m("conv_in.weight"), "input_blocks.0.0.weight");
-        assert_eq!(m("down_blocks.1.resnets.0.conv_shortcut.weight"), "input_blocks.4.0.skip_connection.weight");
-        assert_eq!(m("down_blocks.2.downsamplers.0.conv.bias"), "input_blocks.9.0.op.bias");
-        assert_eq!(m("mid_block.resnets.1.norm2.weight"), "middle_block.2.out_layers.0.weight");
-        assert_eq!(m("mid_block.attentions.0.proj_in.weight"), "middle_block.1.proj_in.weight");
-        assert_eq!(m("up_blocks.0.upsamplers.0.conv.weight"), "output_blocks.2.1.conv.weight");
-        assert_eq!(m("up_blocks.1.upsamplers.0.conv.weight"), "output_blocks.5.2.conv.weight");
-        assert_eq!(m("up_blocks.3.attentions.2.transformer_blocks.0.norm3.bias"), "output_blocks.11.1.transformer_blocks.0.norm3.bias");
+        assert_eq!(
+            m("down_blocks.1.resnets.0.conv_shortcut.weight"),
+            "input_blocks.4.0.skip_connection.weight"
+        );
+        assert_eq!(
+            m("down_blocks.2.downsamplers.0.conv.bias"),
+            "input_blocks.9.0.op.bias"
+        );
+        assert_eq!(
+            m("mid_block.resnets.1.norm2.weight"),
+            "middle_block.2.out_layers.0.weight"
+        );
+        assert_eq!(
+            m("mid_block.attentions.0.proj_in.weight"),
+            "middle_block.1.proj_in.weight"
+        );
+        assert_eq!(
+            m("up_blocks.0.upsamplers.0.conv.weight"),
+            "output_blocks.2.1.conv.weight"
+        );
+        assert_eq!(
+            m("up_blocks.1.upsamplers.0.conv.weight"),
+            "output_blocks.5.2.conv.weight"
+        );
+        assert_eq!(
+            m("up_blocks.3.attentions.2.transformer_blocks.0.norm3.bias"),
+            "output_blocks.11.1.transformer_blocks.0.norm3.bias"
+        );
         assert_eq!(m("time_embedding.linear_2.weight"), "time_embed.2.weight");
         assert_eq!(m("conv_out.bias"), "out.2.bias");
         assert!(unet_diffusers_to_ldm(&c, "down_blocks.3.downsamplers.0.conv.weight").is_none());

@@ -57,7 +57,10 @@ pub fn encode_prompts(
     nets: &[&LoraNetwork],
     prompts: &[&str],
 ) -> Result<Tensor> {
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tokenizer.encode(p))
+        .collect::<Result<_>>()?;
     let mut g = Graph::inference();
     let mut ctx = LoraContext::eval(1.0);
     let c = model.te_forward(&mut g, nets, &mut ctx, &ids)?;
@@ -84,21 +87,38 @@ pub fn sample(
         });
     }
     let down = 1usize << (model.unet.block_out_channels.len() - 1);
-    if params.width == 0 || params.height == 0 || params.width % down != 0 || params.height % down != 0 {
+    if params.width == 0
+        || params.height == 0
+        || params.width % down != 0
+        || params.height % down != 0
+    {
         return Err(Error::InvalidArgument {
             what: "image size".into(),
-            msg: format!("{}×{} must be positive multiples of {down}", params.width, params.height),
+            msg: format!(
+                "{}×{} must be positive multiples of {down}",
+                params.width, params.height
+            ),
         });
     }
     let guided = params.scale != 1.0;
-    let prompts: Vec<&str> = if guided { vec![&params.negative_prompt, &params.prompt] } else { vec![&params.prompt] };
+    let prompts: Vec<&str> = if guided {
+        vec![&params.negative_prompt, &params.prompt]
+    } else {
+        vec![&params.prompt]
+    };
     let context = encode_prompts(model, tokenizer, nets, &prompts)?;
-    let sampler = params.sampler.build(schedule, params.steps.max(1), prediction);
+    let sampler = params
+        .sampler
+        .build(schedule, params.steps.max(1), prediction);
     let (c, h, w) = (model.unet.in_channels, params.height, params.width);
     let len = c * h * w;
     let mut rng = Rng::new(params.seed);
     let sigma0 = sampler.init_noise_sigma();
-    let mut x: Vec<f32> = rng.normal_vec(len).into_iter().map(|v| v * sigma0).collect();
+    let mut x: Vec<f32> = rng
+        .normal_vec(len)
+        .into_iter()
+        .map(|v| v * sigma0)
+        .collect();
     let timesteps = sampler.timesteps().to_vec();
     for (i, &t) in timesteps.iter().enumerate() {
         let s = sampler.input_scale(i);
@@ -114,7 +134,11 @@ pub fn sample(
         let cv = g.input(context.clone());
         let y = model.unet_forward(&mut g, nets, &mut ctx, xv, &vec![t as f32; nb], cv)?;
         let out = g.value(y)?.to_vec_f32()?;
-        let pred = if guided { cfg_combine(&out[..len], &out[len..], params.scale) } else { out };
+        let pred = if guided {
+            cfg_combine(&out[..len], &out[len..], params.scale)
+        } else {
+            out
+        };
         sampler.step(i, &mut x, &pred, &mut rng);
     }
     Ok(RgbImage8::from_chw(&x, w, h))

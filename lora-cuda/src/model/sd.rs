@@ -62,23 +62,36 @@ impl SdModel {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
         let mut store = ParamStore::new();
         let mut fan_in: BTreeMap<String, usize> = BTreeMap::new();
-        for l in unet.layers().iter().map(|l| (UNET, l)).chain(te.layers().iter().map(|l| (TE, l))).map(|(p, l)| {
-            let k = match l.kind {
-                LayerKind::Linear => 1,
-                LayerKind::Conv { k } => k * k,
-            };
-            (format!("{p}{}", l.path), l.in_dim * k)
-        }) {
+        for l in unet
+            .layers()
+            .iter()
+            .map(|l| (UNET, l))
+            .chain(te.layers().iter().map(|l| (TE, l)))
+            .map(|(p, l)| {
+                let k = match l.kind {
+                    LayerKind::Linear => 1,
+                    LayerKind::Conv { k } => k * k,
+                };
+                (format!("{p}{}", l.path), l.in_dim * k)
+            })
+        {
             fan_in.insert(l.0, l.1);
         }
         let params = unet
             .parameters()
             .into_iter()
             .map(|(n, s)| (format!("{UNET}{n}"), s))
-            .chain(te.parameters().into_iter().map(|(n, s)| (format!("{TE}{n}"), s)));
+            .chain(
+                te.parameters()
+                    .into_iter()
+                    .map(|(n, s)| (format!("{TE}{n}"), s)),
+            );
         for (name, shape) in params {
             let numel: usize = shape.iter().product();
-            let layer = name.rsplit_once('.').map(|(p, _)| p.to_string()).unwrap_or_default();
+            let layer = name
+                .rsplit_once('.')
+                .map(|(p, _)| p.to_string())
+                .unwrap_or_default();
             let data: Vec<f32> = if name.ends_with("embedding.weight") {
                 (0..numel).map(|_| 0.02 * normal(&mut rng)).collect()
             } else if let Some(&fi) = fan_in.get(&layer) {
@@ -96,7 +109,11 @@ impl SdModel {
 
     /// A model from named tensors (`unet.*` and `te.*` store names), checking that every parameter the configs
     /// need is present with the right shape. `source` names the file in errors.
-    pub fn from_tensors(unet: UNetConfig, te: ClipConfig, mut get: impl FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<Self> {
+    pub fn from_tensors(
+        unet: UNetConfig,
+        te: ClipConfig,
+        mut get: impl FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<Self> {
         unet.validate()?;
         te.validate()?;
         let mut store = ParamStore::new();
@@ -104,11 +121,18 @@ impl SdModel {
             .parameters()
             .into_iter()
             .map(|(n, s)| (format!("{UNET}{n}"), s))
-            .chain(te.parameters().into_iter().map(|(n, s)| (format!("{TE}{n}"), s)));
+            .chain(
+                te.parameters()
+                    .into_iter()
+                    .map(|(n, s)| (format!("{TE}{n}"), s)),
+            );
         for (name, shape) in params {
             let t = get(&name, &shape)?;
             if t.shape() != shape.as_slice() {
-                return Err(Error::Shape { op: format!("tensor {name}"), msg: format!("shape {:?}, the config needs {shape:?}", t.shape()) });
+                return Err(Error::Shape {
+                    op: format!("tensor {name}"),
+                    msg: format!("shape {:?}, the config needs {shape:?}", t.shape()),
+                });
             }
             store.add(name, t, true)?;
         }
@@ -126,7 +150,10 @@ impl SdModel {
 
     /// Number of scalar parameters.
     pub fn num_parameters(&self) -> usize {
-        self.store.ids().filter_map(|id| self.store.value(id).ok().map(|t| t.numel())).sum()
+        self.store
+            .ids()
+            .filter_map(|id| self.store.value(id).ok().map(|t| t.numel()))
+            .sum()
     }
 
     /// The U-Net: `x [N, C, H, W]` at timesteps `t` (one per sample), cross-attending to `context [N, L, D]`.
@@ -142,11 +169,24 @@ impl SdModel {
         let cfg = &self.unet;
         let n = g.shape(x)?[0];
         if timesteps.len() != n {
-            return Err(Error::Shape { op: "unet_forward".into(), msg: format!("{} timesteps for batch {n}", timesteps.len()) });
+            return Err(Error::Shape {
+                op: "unet_forward".into(),
+                msg: format!("{} timesteps for batch {n}", timesteps.len()),
+            });
         }
-        let mut f = Fwd { g, store: &self.store, prefix: UNET, lora_prefix: "lora_unet", nets, ctx };
+        let mut f = Fwd {
+            g,
+            store: &self.store,
+            prefix: UNET,
+            lora_prefix: "lora_unet",
+            nets,
+            ctx,
+        };
         let c0 = cfg.block_out_channels[0];
-        let temb_in = f.g.input(Tensor::from_vec(timestep_embedding(timesteps, c0), &[n, c0])?);
+        let temb_in = f.g.input(Tensor::from_vec(
+            timestep_embedding(timesteps, c0),
+            &[n, c0],
+        )?);
         let t1 = f.linear("time_embedding.linear_1", temb_in, true)?;
         let t1 = f.g.silu(t1)?;
         let temb = f.linear("time_embedding.linear_2", t1, true)?;
@@ -159,7 +199,8 @@ impl SdModel {
             for j in 0..cfg.layers_per_block {
                 h = f.resnet(cfg, &format!("down_blocks.{i}.resnets.{j}"), h, temb_act)?;
                 if cfg.down_attention[i] {
-                    h = f.transformer(cfg, &format!("down_blocks.{i}.attentions.{j}"), h, context)?;
+                    h =
+                        f.transformer(cfg, &format!("down_blocks.{i}.attentions.{j}"), h, context)?;
                 }
                 skips.push(h);
             }
@@ -173,7 +214,10 @@ impl SdModel {
         h = f.resnet(cfg, "mid_block.resnets.1", h, temb_act)?;
         for i in 0..nlev {
             for j in 0..=cfg.layers_per_block {
-                let skip = skips.pop().ok_or_else(|| Error::Shape { op: "unet_forward".into(), msg: "skip stack exhausted".into() })?;
+                let skip = skips.pop().ok_or_else(|| Error::Shape {
+                    op: "unet_forward".into(),
+                    msg: "skip stack exhausted".into(),
+                })?;
                 h = f.g.concat(&[h, skip], 1)?;
                 h = f.resnet(cfg, &format!("up_blocks.{i}.resnets.{j}"), h, temb_act)?;
                 if cfg.up_attention(i) {
@@ -191,21 +235,44 @@ impl SdModel {
     }
 
     /// The text encoder: token ids (each row the context length) → last hidden state `[N, L, D]`.
-    pub fn te_forward(&self, g: &mut Graph, nets: &[&LoraNetwork], ctx: &mut LoraContext, ids: &[Vec<u32>]) -> Result<Var> {
+    pub fn te_forward(
+        &self,
+        g: &mut Graph,
+        nets: &[&LoraNetwork],
+        ctx: &mut LoraContext,
+        ids: &[Vec<u32>],
+    ) -> Result<Var> {
         let cfg = &self.te;
         let n = ids.len();
         let l = ids.first().map(|r| r.len()).unwrap_or(0);
         if n == 0 || l == 0 || l > cfg.max_positions || ids.iter().any(|r| r.len() != l) {
             return Err(Error::Shape {
                 op: "te_forward".into(),
-                msg: format!("{n} token rows of length {l}; each must have the same length ≤ {}", cfg.max_positions),
+                msg: format!(
+                    "{n} token rows of length {l}; each must have the same length ≤ {}",
+                    cfg.max_positions
+                ),
             });
         }
-        if let Some(bad) = ids.iter().flatten().find(|&&i| i as usize >= cfg.vocab_size) {
-            return Err(Error::InvalidArgument { what: "token ids".into(), msg: format!("id {bad} ≥ vocabulary size {}", cfg.vocab_size) });
+        if let Some(bad) = ids
+            .iter()
+            .flatten()
+            .find(|&&i| i as usize >= cfg.vocab_size)
+        {
+            return Err(Error::InvalidArgument {
+                what: "token ids".into(),
+                msg: format!("id {bad} ≥ vocabulary size {}", cfg.vocab_size),
+            });
         }
         let d = cfg.hidden;
-        let mut f = Fwd { g, store: &self.store, prefix: TE, lora_prefix: "lora_te", nets, ctx };
+        let mut f = Fwd {
+            g,
+            store: &self.store,
+            prefix: TE,
+            lora_prefix: "lora_te",
+            nets,
+            ctx,
+        };
         let flat: Vec<usize> = ids.iter().flatten().map(|&i| i as usize).collect();
         let tok_table = f.p("text_model.embeddings.token_embedding.weight")?;
         let tok = f.g.embedding(tok_table, &flat)?;
@@ -258,7 +325,10 @@ impl Fwd<'_, '_> {
         let id = self
             .store
             .find(&full)
-            .ok_or_else(|| Error::InvalidArgument { what: format!("model parameter {full}"), msg: "missing from the model's weights".into() })?;
+            .ok_or_else(|| Error::InvalidArgument {
+                what: format!("model parameter {full}"),
+                msg: "missing from the model's weights".into(),
+            })?;
         self.g.param(self.store, id)
     }
 
@@ -272,7 +342,11 @@ impl Fwd<'_, '_> {
 
     fn linear(&mut self, path: &str, x: Var, bias: bool) -> Result<Var> {
         let w = self.p(&format!("{path}.weight"))?;
-        let b = if bias { Some(self.p(&format!("{path}.bias"))?) } else { None };
+        let b = if bias {
+            Some(self.p(&format!("{path}.bias"))?)
+        } else {
+            None
+        };
         let y = self.g.linear(x, w, b)?;
         self.lora(path, x, y)
     }
@@ -310,7 +384,11 @@ impl Fwd<'_, '_> {
         let h = self.group_norm(&format!("{p}.norm2"), h, cfg.norm_num_groups, eps)?;
         let h = self.g.silu(h)?;
         let h = self.conv(&format!("{p}.conv2"), h, 3)?;
-        let short = if self.store.find(&format!("{}{p}.conv_shortcut.weight", self.prefix)).is_some() {
+        let short = if self
+            .store
+            .find(&format!("{}{p}.conv_shortcut.weight", self.prefix))
+            .is_some()
+        {
             self.conv(&format!("{p}.conv_shortcut"), x, 1)?
         } else {
             x
@@ -320,14 +398,27 @@ impl Fwd<'_, '_> {
 
     /// Multi-head attention on `[N, L, H·d]` projections; returns `[N, Lq, H·d]`.
     #[allow(clippy::too_many_arguments)]
-    fn mha(&mut self, q: Var, k: Var, v: Var, n: usize, lq: usize, lk: usize, heads: usize, hd: usize, causal: bool) -> Result<Var> {
+    fn mha(
+        &mut self,
+        q: Var,
+        k: Var,
+        v: Var,
+        n: usize,
+        lq: usize,
+        lk: usize,
+        heads: usize,
+        hd: usize,
+        causal: bool,
+    ) -> Result<Var> {
         let q = self.g.reshape(q, &[n, lq, heads, hd])?;
         let q = self.g.permute(q, &[0, 2, 1, 3])?;
         let k = self.g.reshape(k, &[n, lk, heads, hd])?;
         let k = self.g.permute(k, &[0, 2, 1, 3])?;
         let v = self.g.reshape(v, &[n, lk, heads, hd])?;
         let v = self.g.permute(v, &[0, 2, 1, 3])?;
-        let o = self.g.attention(q, k, v, 1.0 / (hd as f64).sqrt(), causal)?;
+        let o = self
+            .g
+            .attention(q, k, v, 1.0 / (hd as f64).sqrt(), causal)?;
         let o = self.g.permute(o, &[0, 2, 1, 3])?;
         self.g.reshape(o, &[n, lq, heads * hd])
     }
@@ -358,7 +449,12 @@ impl Fwd<'_, '_> {
         let a = self.attn(&format!("{tb}.attn1"), a, None, cfg.attention_heads)?;
         h = self.g.add(a, h)?;
         let a = self.layer_norm(&format!("{tb}.norm2"), h, 1e-5)?;
-        let a = self.attn(&format!("{tb}.attn2"), a, Some(context), cfg.attention_heads)?;
+        let a = self.attn(
+            &format!("{tb}.attn2"),
+            a,
+            Some(context),
+            cfg.attention_heads,
+        )?;
         h = self.g.add(a, h)?;
         let a = self.layer_norm(&format!("{tb}.norm3"), h, 1e-5)?;
         let a = self.linear(&format!("{tb}.ff.net.0.proj"), a, true)?;
@@ -387,24 +483,57 @@ mod tests {
     #[test]
     fn forward_shapes_and_lora_starts_as_identity() {
         let m = tiny();
-        let ids = vec![crate::demo::WordTokenizer::demo().encode("red circle, large").unwrap(); 2];
+        let ids = vec![
+            crate::demo::WordTokenizer::demo()
+                .encode("red circle, large")
+                .unwrap();
+            2
+        ];
         let mut g = Graph::inference();
         let mut ctx = LoraContext::eval(1.0);
         let c = m.te_forward(&mut g, &[], &mut ctx, &ids).unwrap();
-        assert_eq!(g.shape(c).unwrap(), vec![2, crate::demo::DEMO_CONTEXT_LEN, 16]);
-        let x = g.input(Tensor::from_vec((0..2 * 3 * 16 * 16).map(|i| ((i % 17) as f32) / 17.0 - 0.5).collect(), &[2, 3, 16, 16]).unwrap());
-        let y = m.unet_forward(&mut g, &[], &mut ctx, x, &[10.0, 500.0], c).unwrap();
+        assert_eq!(
+            g.shape(c).unwrap(),
+            vec![2, crate::demo::DEMO_CONTEXT_LEN, 16]
+        );
+        let x = g.input(
+            Tensor::from_vec(
+                (0..2 * 3 * 16 * 16)
+                    .map(|i| ((i % 17) as f32) / 17.0 - 0.5)
+                    .collect(),
+                &[2, 3, 16, 16],
+            )
+            .unwrap(),
+        );
+        let y = m
+            .unet_forward(&mut g, &[], &mut ctx, x, &[10.0, 500.0], c)
+            .unwrap();
         assert_eq!(g.shape(y).unwrap(), vec![2, 3, 16, 16]);
         let base = g.value(y).unwrap().to_vec_f32().unwrap();
         assert!(base.iter().all(|v| v.is_finite()));
         // A fresh LoRA (up = 0) changes nothing; after perturbing up it does.
-        let spec = LoraSpec { network_dim: 2, network_alpha: 1.0, conv_dim: Some(2), ..LoraSpec::default() };
+        let spec = LoraSpec {
+            network_dim: 2,
+            network_alpha: 1.0,
+            conv_dim: Some(2),
+            ..LoraSpec::default()
+        };
         let mut net = LoraNetwork::new(&m.unet, Some(&m.te), &spec, 1).unwrap();
         let y2 = {
             let mut g = Graph::inference();
             let c = m.te_forward(&mut g, &[&net], &mut ctx, &ids).unwrap();
-            let x = g.input(Tensor::from_vec((0..2 * 3 * 16 * 16).map(|i| ((i % 17) as f32) / 17.0 - 0.5).collect(), &[2, 3, 16, 16]).unwrap());
-            let y = m.unet_forward(&mut g, &[&net], &mut ctx, x, &[10.0, 500.0], c).unwrap();
+            let x = g.input(
+                Tensor::from_vec(
+                    (0..2 * 3 * 16 * 16)
+                        .map(|i| ((i % 17) as f32) / 17.0 - 0.5)
+                        .collect(),
+                    &[2, 3, 16, 16],
+                )
+                .unwrap(),
+            );
+            let y = m
+                .unet_forward(&mut g, &[&net], &mut ctx, x, &[10.0, 500.0], c)
+                .unwrap();
             g.value(y).unwrap().to_vec_f32().unwrap()
         };
         assert_eq!(base, y2);
@@ -412,13 +541,25 @@ mod tests {
         for id in ups {
             let t = net.store.value(id).unwrap();
             let s = t.shape().to_vec();
-            net.store.set_value(id, Tensor::full(&s, 0.05, DType::F32)).unwrap();
+            net.store
+                .set_value(id, Tensor::full(&s, 0.05, DType::F32))
+                .unwrap();
         }
         let y3 = {
             let mut g = Graph::inference();
             let c = m.te_forward(&mut g, &[&net], &mut ctx, &ids).unwrap();
-            let x = g.input(Tensor::from_vec((0..2 * 3 * 16 * 16).map(|i| ((i % 17) as f32) / 17.0 - 0.5).collect(), &[2, 3, 16, 16]).unwrap());
-            let y = m.unet_forward(&mut g, &[&net], &mut ctx, x, &[10.0, 500.0], c).unwrap();
+            let x = g.input(
+                Tensor::from_vec(
+                    (0..2 * 3 * 16 * 16)
+                        .map(|i| ((i % 17) as f32) / 17.0 - 0.5)
+                        .collect(),
+                    &[2, 3, 16, 16],
+                )
+                .unwrap(),
+            );
+            let y = m
+                .unet_forward(&mut g, &[&net], &mut ctx, x, &[10.0, 500.0], c)
+                .unwrap();
             g.value(y).unwrap().to_vec_f32().unwrap()
         };
         let diff: f32 = base.iter().zip(&y3).map(|(a, b)| (a - b).abs()).sum();
@@ -439,10 +580,16 @@ mod tests {
         let m = tiny();
         let mut g = Graph::inference();
         let mut ctx = LoraContext::eval(1.0);
-        assert!(m.te_forward(&mut g, &[], &mut ctx, &[vec![0, 1], vec![0]]).is_err());
-        assert!(m.te_forward(&mut g, &[], &mut ctx, &[vec![0, 9999]]).is_err());
+        assert!(m
+            .te_forward(&mut g, &[], &mut ctx, &[vec![0, 1], vec![0]])
+            .is_err());
+        assert!(m
+            .te_forward(&mut g, &[], &mut ctx, &[vec![0, 9999]])
+            .is_err());
         let c = m.te_forward(&mut g, &[], &mut ctx, &[vec![0, 1]]).unwrap();
         let x = g.input(Tensor::zeros(&[1, 3, 16, 16], DType::F32));
-        assert!(m.unet_forward(&mut g, &[], &mut ctx, x, &[1.0, 2.0], c).is_err());
+        assert!(m
+            .unet_forward(&mut g, &[], &mut ctx, x, &[1.0, 2.0], c)
+            .is_err());
     }
 }

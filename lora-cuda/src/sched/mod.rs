@@ -62,7 +62,9 @@ impl FromStr for Prediction {
         match s {
             "epsilon" | "eps" => Ok(Prediction::Epsilon),
             "v" | "v_prediction" => Ok(Prediction::V),
-            other => Err(format!("unknown prediction type {other:?} (expected epsilon or v)")),
+            other => Err(format!(
+                "unknown prediction type {other:?} (expected epsilon or v)"
+            )),
         }
     }
 }
@@ -93,12 +95,21 @@ pub struct NoiseSchedule {
 
 impl NoiseSchedule {
     /// A schedule with the given betas.
-    pub fn new(beta_start: f64, beta_end: f64, beta_schedule: BetaSchedule, num_train_timesteps: usize) -> Self {
+    pub fn new(
+        beta_start: f64,
+        beta_end: f64,
+        beta_schedule: BetaSchedule,
+        num_train_timesteps: usize,
+    ) -> Self {
         let n = num_train_timesteps.max(1);
         // diffusers builds betas in float32 and takes the cumulative product in float32.
         let betas: Vec<f32> = (0..n)
             .map(|i| {
-                let f = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+                let f = if n == 1 {
+                    0.0
+                } else {
+                    i as f64 / (n - 1) as f64
+                };
                 match beta_schedule {
                     BetaSchedule::ScaledLinear => {
                         let a = (beta_start.sqrt() as f32) as f64;
@@ -146,14 +157,20 @@ impl NoiseSchedule {
     pub fn add_noise(&self, x0: &[f32], noise: &[f32], t: usize) -> Vec<f32> {
         let a = self.alpha_bar(t);
         let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
-        x0.iter().zip(noise).map(|(&x, &n)| sa * x + sb * n).collect()
+        x0.iter()
+            .zip(noise)
+            .map(|(&x, &n)| sa * x + sb * n)
+            .collect()
     }
 
     /// `√ᾱ_t·ε − √(1−ᾱ_t)·x₀` (diffusers' `get_velocity`).
     pub fn velocity(&self, x0: &[f32], noise: &[f32], t: usize) -> Vec<f32> {
         let a = self.alpha_bar(t);
         let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
-        x0.iter().zip(noise).map(|(&x, &n)| sa * n - sb * x).collect()
+        x0.iter()
+            .zip(noise)
+            .map(|(&x, &n)| sa * n - sb * x)
+            .collect()
     }
 
     /// The training target for a prediction type: ε itself, or the velocity.
@@ -165,23 +182,46 @@ impl NoiseSchedule {
     }
 
     /// x₀ recovered from a noisy sample and a model output.
-    pub fn predict_x0(&self, xt: &[f32], model_out: &[f32], t: usize, pred: Prediction) -> Vec<f32> {
+    pub fn predict_x0(
+        &self,
+        xt: &[f32],
+        model_out: &[f32],
+        t: usize,
+        pred: Prediction,
+    ) -> Vec<f32> {
         let a = self.alpha_bar(t);
         let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
         match pred {
-            Prediction::Epsilon => xt.iter().zip(model_out).map(|(&x, &e)| (x - sb * e) / sa).collect(),
-            Prediction::V => xt.iter().zip(model_out).map(|(&x, &v)| sa * x - sb * v).collect(),
+            Prediction::Epsilon => xt
+                .iter()
+                .zip(model_out)
+                .map(|(&x, &e)| (x - sb * e) / sa)
+                .collect(),
+            Prediction::V => xt
+                .iter()
+                .zip(model_out)
+                .map(|(&x, &v)| sa * x - sb * v)
+                .collect(),
         }
     }
 
     /// ε recovered from a noisy sample and a model output.
-    pub fn predict_eps(&self, xt: &[f32], model_out: &[f32], t: usize, pred: Prediction) -> Vec<f32> {
+    pub fn predict_eps(
+        &self,
+        xt: &[f32],
+        model_out: &[f32],
+        t: usize,
+        pred: Prediction,
+    ) -> Vec<f32> {
         match pred {
             Prediction::Epsilon => model_out.to_vec(),
             Prediction::V => {
                 let a = self.alpha_bar(t);
                 let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
-                xt.iter().zip(model_out).map(|(&x, &v)| sa * v + sb * x).collect()
+                xt.iter()
+                    .zip(model_out)
+                    .map(|(&x, &v)| sa * v + sb * x)
+                    .collect()
             }
         }
     }
@@ -214,7 +254,10 @@ impl NoiseSchedule {
                     BetaSchedule::Linear => "linear".into(),
                 },
             ),
-            ("num_train_timesteps".into(), self.num_train_timesteps.to_string()),
+            (
+                "num_train_timesteps".into(),
+                self.num_train_timesteps.to_string(),
+            ),
         ]
     }
 }
@@ -223,12 +266,19 @@ impl NoiseSchedule {
 fn leading_timesteps(num_train: usize, steps: usize) -> Vec<usize> {
     let steps = steps.clamp(1, num_train);
     let ratio = num_train / steps;
-    (0..steps).rev().map(|i| (i * ratio + 1).min(num_train - 1)).collect()
+    (0..steps)
+        .rev()
+        .map(|i| (i * ratio + 1).min(num_train - 1))
+        .collect()
 }
 
 /// Classifier-free guidance: `u + scale·(c − u)`.
 pub fn cfg_combine(uncond: &[f32], cond: &[f32], scale: f32) -> Vec<f32> {
-    uncond.iter().zip(cond).map(|(&u, &c)| u + scale * (c - u)).collect()
+    uncond
+        .iter()
+        .zip(cond)
+        .map(|(&u, &c)| u + scale * (c - u))
+        .collect()
 }
 
 /// A sampler that turns model outputs into a trajectory.
@@ -361,7 +411,9 @@ impl Sampler for EulerAncestral {
         let sigma = self.sigmas[i];
         let sigma_to = self.sigmas[i + 1];
         let sigma_up = if sigma > 0.0 {
-            (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).max(0.0).sqrt()
+            (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma))
+                .max(0.0)
+                .sqrt()
         } else {
             0.0
         };
@@ -397,17 +449,26 @@ impl FromStr for SamplerKind {
         match s.to_ascii_lowercase().as_str() {
             "ddim" => Ok(SamplerKind::Ddim),
             "euler_a" | "euler-a" | "k_euler_a" | "euler_ancestral" => Ok(SamplerKind::EulerA),
-            other => Err(format!("unknown sampler {other:?} (expected ddim or euler_a)")),
+            other => Err(format!(
+                "unknown sampler {other:?} (expected ddim or euler_a)"
+            )),
         }
     }
 }
 
 impl SamplerKind {
     /// A boxed sampler of this kind.
-    pub fn build(self, sched: &NoiseSchedule, steps: usize, pred: Prediction) -> Box<dyn Sampler + Send + Sync> {
+    pub fn build(
+        self,
+        sched: &NoiseSchedule,
+        steps: usize,
+        pred: Prediction,
+    ) -> Box<dyn Sampler + Send + Sync> {
         match self {
             SamplerKind::Ddim => Box::new(Ddim::new(sched, steps).with_prediction(pred)),
-            SamplerKind::EulerA => Box::new(EulerAncestral::new(sched, steps).with_prediction(pred)),
+            SamplerKind::EulerA => {
+                Box::new(EulerAncestral::new(sched, steps).with_prediction(pred))
+            }
         }
     }
 }
@@ -424,7 +485,11 @@ pub fn sample_loop<E>(
     mut model: impl FnMut(&[f32], usize, bool) -> Result<Vec<f32>, E>,
 ) -> Result<Vec<f32>, E> {
     let sigma0 = sampler.init_noise_sigma();
-    let mut x: Vec<f32> = rng.normal_vec(shape_len).into_iter().map(|v| v * sigma0).collect();
+    let mut x: Vec<f32> = rng
+        .normal_vec(shape_len)
+        .into_iter()
+        .map(|v| v * sigma0)
+        .collect();
     for (i, &t) in sampler.timesteps().to_vec().iter().enumerate() {
         let s = sampler.input_scale(i);
         let xin: Vec<f32> = x.iter().map(|v| v * s).collect();
@@ -511,8 +576,11 @@ mod tests {
                 let out = sample_loop::<()>(&*sampler, 32, 1.0, &mut rng, |x, t, _| {
                     // After input scaling, x = √ᾱ·x₀ + √(1−ᾱ)·ε in both samplers.
                     let a = s.alpha_bar(t);
-                    let eps: Vec<f32> =
-                        x.iter().zip(&x0).map(|(&xv, &x0v)| (xv - a.sqrt() * x0v) / (1.0 - a).sqrt()).collect();
+                    let eps: Vec<f32> = x
+                        .iter()
+                        .zip(&x0)
+                        .map(|(&xv, &x0v)| (xv - a.sqrt() * x0v) / (1.0 - a).sqrt())
+                        .collect();
                     Ok(match pred {
                         Prediction::Epsilon => eps,
                         Prediction::V => s.velocity(&x0, &eps, t),
@@ -521,10 +589,18 @@ mod tests {
                 .unwrap();
                 let a0 = s.alpha_bar(0);
                 let expect: Vec<f32> = match kind {
-                    SamplerKind::Ddim => x0.iter().zip(&init).map(|(&x, &e)| a0.sqrt() * x + (1.0 - a0).sqrt() * e).collect(),
+                    SamplerKind::Ddim => x0
+                        .iter()
+                        .zip(&init)
+                        .map(|(&x, &e)| a0.sqrt() * x + (1.0 - a0).sqrt() * e)
+                        .collect(),
                     SamplerKind::EulerA => x0.clone(),
                 };
-                let err = out.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                let err = out
+                    .iter()
+                    .zip(&expect)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
                 assert!(err < 5e-3, "{kind:?} {pred:?}: max err {err}");
             }
         }
@@ -542,7 +618,10 @@ mod tests {
     #[test]
     fn parse_names() {
         assert_eq!("ddim".parse::<SamplerKind>().unwrap(), SamplerKind::Ddim);
-        assert_eq!("euler_a".parse::<SamplerKind>().unwrap(), SamplerKind::EulerA);
+        assert_eq!(
+            "euler_a".parse::<SamplerKind>().unwrap(),
+            SamplerKind::EulerA
+        );
         assert!("plms".parse::<SamplerKind>().is_err());
         assert_eq!("v".parse::<Prediction>().unwrap(), Prediction::V);
     }

@@ -24,8 +24,14 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp"];
 /// Scans `dir` like sd-scripts: each subfolder `N_tokens` gives N repeats and class tokens `tokens`; folders
 /// whose first `_`-separated part is not an integer are skipped (their names are returned as warnings).
 /// Captions come from `stem + caption_extension` (first line).
-pub fn scan_train_data_dir(dir: &Path, caption_extension: &str) -> Result<(Vec<DatasetEntry>, Vec<String>)> {
-    let io = |e: std::io::Error, p: &Path| Error::InvalidArgument { what: format!("--train_data_dir {}", p.display()), msg: e.to_string() };
+pub fn scan_train_data_dir(
+    dir: &Path,
+    caption_extension: &str,
+) -> Result<(Vec<DatasetEntry>, Vec<String>)> {
+    let io = |e: std::io::Error, p: &Path| Error::InvalidArgument {
+        what: format!("--train_data_dir {}", p.display()),
+        msg: e.to_string(),
+    };
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io(e, dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -35,10 +41,15 @@ pub fn scan_train_data_dir(dir: &Path, caption_extension: &str) -> Result<(Vec<D
     let mut out = Vec::new();
     let mut warnings = Vec::new();
     for sub in subdirs {
-        let name = sub.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = sub
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut parts = name.split('_');
         let Some(repeats) = parts.next().and_then(|n| n.parse::<usize>().ok()) else {
-            warnings.push(format!("ignoring folder {name:?}: its name does not start with a repeat count (N_name)"));
+            warnings.push(format!(
+                "ignoring folder {name:?}: its name does not start with a repeat count (N_name)"
+            ));
             continue;
         };
         let class_tokens = parts.collect::<Vec<_>>().join("_");
@@ -47,7 +58,10 @@ pub fn scan_train_data_dir(dir: &Path, caption_extension: &str) -> Result<(Vec<D
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.extension()
-                    .map(|x| IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_ascii_lowercase().as_str()))
+                    .map(|x| {
+                        IMAGE_EXTENSIONS
+                            .contains(&x.to_string_lossy().to_ascii_lowercase().as_str())
+                    })
                     .unwrap_or(false)
             })
             .collect();
@@ -59,13 +73,25 @@ pub fn scan_train_data_dir(dir: &Path, caption_extension: &str) -> Result<(Vec<D
                 Ok(s) => s.lines().next().unwrap_or("").trim().to_string(),
                 Err(_) => class_tokens.clone(),
             };
-            out.push(DatasetEntry { image, caption, repeats, folder: name.clone() });
+            out.push(DatasetEntry {
+                image,
+                caption,
+                repeats,
+                folder: name.clone(),
+            });
         }
     }
     if out.is_empty() {
         return Err(Error::InvalidArgument {
             what: format!("--train_data_dir {}", dir.display()),
-            msg: format!("no images found in N_name subfolders{}", if warnings.is_empty() { String::new() } else { format!(" ({})", warnings.join("; ")) }),
+            msg: format!(
+                "no images found in N_name subfolders{}",
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", warnings.join("; "))
+                }
+            ),
         });
     }
     Ok((out, warnings))
@@ -83,7 +109,11 @@ mod tests {
         std::fs::create_dir_all(dir.join("notes")).unwrap();
         std::fs::create_dir_all(dir.join("512")).unwrap();
         std::fs::write(dir.join("10_sks dog/a.png"), b"x").unwrap();
-        std::fs::write(dir.join("10_sks dog/a.caption"), "red circle, large\nsecond line").unwrap();
+        std::fs::write(
+            dir.join("10_sks dog/a.caption"),
+            "red circle, large\nsecond line",
+        )
+        .unwrap();
         std::fs::write(dir.join("10_sks dog/b.PNG"), b"x").unwrap();
         std::fs::write(dir.join("512/c.jpg"), b"x").unwrap();
         let (e, w) = scan_train_data_dir(&dir, ".caption").unwrap();

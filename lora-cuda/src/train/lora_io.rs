@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lora_core::{LoraFile, LoraModule, Metadata, SavePrecision, SaveOptions};
+use lora_core::{LoraFile, LoraModule, Metadata, SaveOptions, SavePrecision};
 
 use crate::error::Result;
 use crate::model::checkpoint::core_err;
@@ -12,12 +12,24 @@ use crate::model::{ClipConfig, LoraNetwork, UNetConfig};
 use crate::tensor::Tensor;
 
 /// Loads a kohya (or PEFT) LoRA file as a network for the given model; every module must exist in it.
-pub fn load_lora(path: &Path, unet: &UNetConfig, te: Option<&ClipConfig>, multiplier: f64) -> Result<LoraNetwork> {
+pub fn load_lora(
+    path: &Path,
+    unet: &UNetConfig,
+    te: Option<&ClipConfig>,
+    multiplier: f64,
+) -> Result<LoraNetwork> {
     let f = LoraFile::load(path).map_err(core_err)?;
     let modules = f
         .modules
         .into_iter()
-        .map(|m| Ok((m.name, Tensor::from_array(&m.down), Tensor::from_array(&m.up), m.alpha)))
+        .map(|m| {
+            Ok((
+                m.name,
+                Tensor::from_array(&m.down),
+                Tensor::from_array(&m.up),
+                m.alpha,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut net = LoraNetwork::from_modules(unet, te, modules, &path.display().to_string())?;
     net.multiplier = multiplier;
@@ -28,7 +40,10 @@ pub fn load_lora(path: &Path, unet: &UNetConfig, te: Option<&ClipConfig>, multip
 pub fn to_lora_file(net: &LoraNetwork, metadata: &BTreeMap<String, String>) -> Result<LoraFile> {
     let mut modules = Vec::with_capacity(net.len());
     for (name, down, up, alpha) in net.modules()? {
-        modules.push(LoraModule::new(name, down.to_array()?, up.to_array()?, Some(alpha)).map_err(core_err)?);
+        modules.push(
+            LoraModule::new(name, down.to_array()?, up.to_array()?, Some(alpha))
+                .map_err(core_err)?,
+        );
     }
     let mut meta = Metadata::new();
     for (k, v) in metadata {
@@ -39,10 +54,19 @@ pub fn to_lora_file(net: &LoraNetwork, metadata: &BTreeMap<String, String>) -> R
 
 /// Writes the network like sd-scripts' `save_weights` (atomically, with sshs hashes). Without a save
 /// precision the weights stay f32 and alpha is f32 (§1.3).
-pub fn save_lora(net: &LoraNetwork, path: &Path, metadata: &BTreeMap<String, String>, precision: Option<SavePrecision>) -> Result<()> {
+pub fn save_lora(
+    net: &LoraNetwork,
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+    precision: Option<SavePrecision>,
+) -> Result<()> {
     let file = to_lora_file(net, metadata)?;
-    let opts = SaveOptions { alpha_dtype: lora_core::AlphaDtype::SameAsWeights, ..SaveOptions::default() };
-    file.save(path, precision.unwrap_or(SavePrecision::Float), &opts).map_err(core_err)?;
+    let opts = SaveOptions {
+        alpha_dtype: lora_core::AlphaDtype::SameAsWeights,
+        ..SaveOptions::default()
+    };
+    file.save(path, precision.unwrap_or(SavePrecision::Float), &opts)
+        .map_err(core_err)?;
     Ok(())
 }
 
@@ -57,7 +81,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let unet = UNetConfig::tiny();
         let te = ClipConfig::tiny();
-        let spec = LoraSpec { network_dim: 3, network_alpha: 1.5, conv_dim: Some(2), conv_alpha: 1.0, ..LoraSpec::default() };
+        let spec = LoraSpec {
+            network_dim: 3,
+            network_alpha: 1.5,
+            conv_dim: Some(2),
+            conv_alpha: 1.0,
+            ..LoraSpec::default()
+        };
         let net = LoraNetwork::new(&unet, Some(&te), &spec, 7).unwrap();
         let path = dir.join("net.safetensors");
         let mut meta = BTreeMap::new();
@@ -82,7 +112,11 @@ mod tests {
         let f = LoraFile::load(&path).unwrap();
         assert_eq!(f.metadata.get("ss_network_dim"), Some("3"));
         // The same file does not fit a model with other widths.
-        let other = UNetConfig { block_out_channels: vec![16, 32], cross_attention_dim: 16, ..UNetConfig::tiny() };
+        let other = UNetConfig {
+            block_out_channels: vec![16, 32],
+            cross_attention_dim: 16,
+            ..UNetConfig::tiny()
+        };
         assert!(load_lora(&path, &other, Some(&te), 1.0).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -30,8 +30,8 @@ use crate::error::{Error, Result};
 use crate::lora::LoraContext;
 use crate::model::{LoraNetwork, SdModel};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use crate::schedule::{LrSchedule, ScheduleKind, Warmup};
 use crate::sched::{NoiseSchedule, Prediction, Rng};
+use crate::schedule::{LrSchedule, ScheduleKind, Warmup};
 use crate::tensor::Tensor;
 
 /// One training image: planar `[3, H, W]` pixels in `[-1, 1]`, its caption and its repeat count.
@@ -68,7 +68,9 @@ impl CaptionConfig {
         let u = rng.uniform();
         let base = if u < self.caption_dropout_rate {
             String::new()
-        } else if u < self.caption_dropout_rate + self.random_caption_rate && !self.random_captions.is_empty() {
+        } else if u < self.caption_dropout_rate + self.random_caption_rate
+            && !self.random_captions.is_empty()
+        {
             self.random_captions[rng.below(self.random_captions.len())].clone()
         } else {
             caption.to_string()
@@ -76,7 +78,11 @@ impl CaptionConfig {
         if !self.shuffle_caption || base.is_empty() {
             return base;
         }
-        let tokens: Vec<String> = base.trim().split(',').map(|t| t.trim().to_string()).collect();
+        let tokens: Vec<String> = base
+            .trim()
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .collect();
         let k = self.keep_tokens.min(tokens.len());
         let (fixed, flex) = tokens.split_at(k);
         let mut flex = flex.to_vec();
@@ -192,11 +198,22 @@ pub struct Trainer {
 impl Trainer {
     /// A trainer. In LoRA mode the model and `base_nets` are frozen here; in full mode every model weight
     /// trains.
-    pub fn new(mut model: SdModel, mut trainable: Trainable, mut base_nets: Vec<LoraNetwork>, tokenizer: WordTokenizer, cfg: TrainConfig) -> Result<Self> {
+    pub fn new(
+        mut model: SdModel,
+        mut trainable: Trainable,
+        mut base_nets: Vec<LoraNetwork>,
+        tokenizer: WordTokenizer,
+        cfg: TrainConfig,
+    ) -> Result<Self> {
         if cfg.train_batch_size == 0 {
-            return Err(Error::InvalidArgument { what: "--train_batch_size".into(), msg: "must be at least 1".into() });
+            return Err(Error::InvalidArgument {
+                what: "--train_batch_size".into(),
+                msg: "must be at least 1".into(),
+            });
         }
-        if !(0.0..=1.0).contains(&(cfg.captions.caption_dropout_rate + cfg.captions.random_caption_rate)) {
+        if !(0.0..=1.0)
+            .contains(&(cfg.captions.caption_dropout_rate + cfg.captions.random_caption_rate))
+        {
             return Err(Error::InvalidArgument {
                 what: "--caption_dropout_rate / random caption rate".into(),
                 msg: "each must be in [0, 1] and their sum at most 1".into(),
@@ -205,7 +222,11 @@ impl Trainer {
         if tokenizer.vocab_size() > model.te.vocab_size {
             return Err(Error::InvalidArgument {
                 what: "tokenizer".into(),
-                msg: format!("{} ids but the text encoder has {} embeddings", tokenizer.vocab_size(), model.te.vocab_size),
+                msg: format!(
+                    "{} ids but the text encoder has {} embeddings",
+                    tokenizer.vocab_size(),
+                    model.te.vocab_size
+                ),
             });
         }
         for n in &mut base_nets {
@@ -239,11 +260,31 @@ impl Trainer {
                 (u, t)
             }
         };
-        let lr = LrSchedule::new(cfg.lr_scheduler, cfg.learning_rate, cfg.lr_warmup, cfg.max_train_steps, 1.0, 1.0)?;
+        let lr = LrSchedule::new(
+            cfg.lr_scheduler,
+            cfg.learning_rate,
+            cfg.lr_warmup,
+            cfg.max_train_steps,
+            1.0,
+            1.0,
+        )?;
         let opt = AdamW::new(cfg.adamw)?;
         let rng = Rng::derived(cfg.seed, 0x7EA1);
         let lctx = LoraContext::training(cfg.seed);
-        Ok(Trainer { model, trainable, base_nets, tokenizer, cfg, opt, lr, rng, lctx, step: 0, unet_ids, te_ids })
+        Ok(Trainer {
+            model,
+            trainable,
+            base_nets,
+            tokenizer,
+            cfg,
+            opt,
+            lr,
+            rng,
+            lctx,
+            step: 0,
+            unet_ids,
+            te_ids,
+        })
     }
 
     /// Steps done so far.
@@ -266,18 +307,35 @@ impl Trainer {
     }
 
     /// Runs until `max_train_steps`, calling `on_step` after every step (progress, periodic saves).
-    pub fn run(&mut self, data: &[TrainItem], mut on_step: impl FnMut(&Trainer, StepInfo) -> Result<()>) -> Result<()> {
+    pub fn run(
+        &mut self,
+        data: &[TrainItem],
+        mut on_step: impl FnMut(&Trainer, StepInfo) -> Result<()>,
+    ) -> Result<()> {
         if data.is_empty() {
-            return Err(Error::InvalidArgument { what: "training data".into(), msg: "no images".into() });
+            return Err(Error::InvalidArgument {
+                what: "training data".into(),
+                msg: "no images".into(),
+            });
         }
         let expect = data[0].pixels.len();
         if let Some(bad) = data.iter().position(|d| d.pixels.len() != expect) {
-            return Err(Error::Shape { op: "training data".into(), msg: format!("image {bad} has {} values, image 0 has {expect}", data[bad].pixels.len()) });
+            return Err(Error::Shape {
+                op: "training data".into(),
+                msg: format!(
+                    "image {bad} has {} values, image 0 has {expect}",
+                    data[bad].pixels.len()
+                ),
+            });
         }
         let mut epoch = 0u64;
         while self.step < self.cfg.max_train_steps {
             epoch += 1;
-            let mut order: Vec<usize> = data.iter().enumerate().flat_map(|(i, d)| std::iter::repeat_n(i, d.repeats.max(1))).collect();
+            let mut order: Vec<usize> = data
+                .iter()
+                .enumerate()
+                .flat_map(|(i, d)| std::iter::repeat_n(i, d.repeats.max(1)))
+                .collect();
             Rng::derived(self.cfg.seed, epoch).shuffle(&mut order);
             for chunk in order.chunks(self.cfg.train_batch_size) {
                 if self.step >= self.cfg.max_train_steps {
@@ -285,7 +343,13 @@ impl Trainer {
                 }
                 let batch: Vec<&TrainItem> = chunk.iter().map(|&i| &data[i]).collect();
                 let (loss, lr) = self.step(&batch)?;
-                let info = StepInfo { step: self.step, total: self.cfg.max_train_steps, epoch, loss, lr };
+                let info = StepInfo {
+                    step: self.step,
+                    total: self.cfg.max_train_steps,
+                    epoch,
+                    loss,
+                    lr,
+                };
                 on_step(self, info)?;
             }
         }
@@ -300,10 +364,19 @@ impl Trainer {
         let hw = per / c.max(1);
         let side = (hw as f64).sqrt() as usize;
         if side * side * c != per {
-            return Err(Error::Shape { op: "training image".into(), msg: format!("{per} values are not {c} square channels (model side {s})") });
+            return Err(Error::Shape {
+                op: "training image".into(),
+                msg: format!("{per} values are not {c} square channels (model side {s})"),
+            });
         }
-        let captions: Vec<String> = batch.iter().map(|b| self.cfg.captions.process(&b.caption, &mut self.rng)).collect();
-        let ids: Vec<Vec<u32>> = captions.iter().map(|cap| self.tokenizer.encode(cap)).collect::<Result<_>>()?;
+        let captions: Vec<String> = batch
+            .iter()
+            .map(|b| self.cfg.captions.process(&b.caption, &mut self.rng))
+            .collect();
+        let ids: Vec<Vec<u32>> = captions
+            .iter()
+            .map(|cap| self.tokenizer.encode(cap))
+            .collect::<Result<_>>()?;
         let sched = &self.cfg.schedule;
         let mut xt = Vec::with_capacity(n * per);
         let mut target = Vec::with_capacity(n * per);
@@ -348,11 +421,16 @@ impl Trainer {
             };
             let xv = g.input(Tensor::from_vec(xt, &[n, c, side, side])?);
             let tv = g.input(Tensor::from_vec(target, &[n, c, side, side])?);
-            let pred = self.model.unet_forward(&mut g, &nets, &mut self.lctx, xv, &ts, context)?;
+            let pred = self
+                .model
+                .unet_forward(&mut g, &nets, &mut self.lctx, xv, &ts, context)?;
             let loss = weighted_mse(&mut g, pred, tv, &weights)?;
             let lv = g.value(loss)?.scalar_value()? as f32;
             if !lv.is_finite() {
-                return Err(Error::InvalidArgument { what: format!("training step {}", self.step + 1), msg: format!("loss is {lv}") });
+                return Err(Error::InvalidArgument {
+                    what: format!("training step {}", self.step + 1),
+                    msg: format!("loss is {lv}"),
+                });
             }
             (g.backward(loss)?, lv)
         };
@@ -368,7 +446,8 @@ impl Trainer {
             Trainable::Full => &mut self.model.store,
         };
         if !self.unet_ids.is_empty() {
-            self.opt.step_params(store, &grads, &self.unet_ids, unet_lr)?;
+            self.opt
+                .step_params(store, &grads, &self.unet_ids, unet_lr)?;
         }
         if !self.te_ids.is_empty() && te_lr != 0.0 {
             self.opt.step_params(store, &grads, &self.te_ids, te_lr)?;
@@ -403,7 +482,11 @@ mod tests {
         (0..n)
             .map(|s| {
                 let (scene, img) = w.sample(s);
-                TrainItem { pixels: img.to_chw(), caption: scene.caption(), repeats: 1 }
+                TrainItem {
+                    pixels: img.to_chw(),
+                    caption: scene.caption(),
+                    repeats: 1,
+                }
             })
             .collect()
     }
@@ -442,7 +525,13 @@ mod tests {
     #[test]
     fn lora_training_lowers_the_loss_and_only_touches_the_lora() {
         let model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 3).unwrap();
-        let spec = LoraSpec { network_dim: 4, network_alpha: 4.0, conv_dim: Some(4), conv_alpha: 4.0, ..LoraSpec::default() };
+        let spec = LoraSpec {
+            network_dim: 4,
+            network_alpha: 4.0,
+            conv_dim: Some(4),
+            conv_alpha: 4.0,
+            ..LoraSpec::default()
+        };
         let net = LoraNetwork::new(&model.unet, Some(&model.te), &spec, 0).unwrap();
         let d = data(1);
         let eval = |t: &Trainer| -> f32 {
@@ -458,20 +547,51 @@ mod tests {
                 let mut ctx = LoraContext::eval(1.0);
                 let c = t.model.te_forward(&mut g, &nets, &mut ctx, &ids).unwrap();
                 let x = g.input(Tensor::from_vec(xt, &[1, 3, 16, 16]).unwrap());
-                let y = t.model.unet_forward(&mut g, &nets, &mut ctx, x, &[step as f32], c).unwrap();
+                let y = t
+                    .model
+                    .unet_forward(&mut g, &nets, &mut ctx, x, &[step as f32], c)
+                    .unwrap();
                 let p = g.value(y).unwrap().to_vec_f32().unwrap();
-                tot += p.iter().zip(&noise).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / p.len() as f32;
+                tot += p
+                    .iter()
+                    .zip(&noise)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+                    / p.len() as f32;
             }
             tot / 8.0
         };
-        let before_weights = model.store.value(model.store.find("unet.conv_in.weight").unwrap()).unwrap().to_vec_f32().unwrap();
-        let cfg = TrainConfig { max_train_steps: 300, learning_rate: 1e-2, seed: 1, ..TrainConfig::default() };
-        let mut t = Trainer::new(model, Trainable::Lora(net), vec![], WordTokenizer::demo(), cfg).unwrap();
+        let before_weights = model
+            .store
+            .value(model.store.find("unet.conv_in.weight").unwrap())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let cfg = TrainConfig {
+            max_train_steps: 300,
+            learning_rate: 1e-2,
+            seed: 1,
+            ..TrainConfig::default()
+        };
+        let mut t = Trainer::new(
+            model,
+            Trainable::Lora(net),
+            vec![],
+            WordTokenizer::demo(),
+            cfg,
+        )
+        .unwrap();
         let l0 = eval(&t);
         t.run(&d, |_, _| Ok(())).unwrap();
         let l1 = eval(&t);
         assert!(l1 < 0.8 * l0, "loss {l0} -> {l1}");
-        let after = t.model.store.value(t.model.store.find("unet.conv_in.weight").unwrap()).unwrap().to_vec_f32().unwrap();
+        let after = t
+            .model
+            .store
+            .value(t.model.store.find("unet.conv_in.weight").unwrap())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         assert_eq!(before_weights, after, "the base model must stay frozen");
     }
 
@@ -480,8 +600,16 @@ mod tests {
         let model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 4).unwrap();
         let id = model.store.find("unet.conv_out.weight").unwrap();
         let before = model.store.value(id).unwrap().to_vec_f32().unwrap();
-        let cfg = TrainConfig { max_train_steps: 2, learning_rate: 1e-3, min_snr_gamma: Some(5.0), train_batch_size: 2, noise_offset: Some(0.05), ..TrainConfig::default() };
-        let mut t = Trainer::new(model, Trainable::Full, vec![], WordTokenizer::demo(), cfg).unwrap();
+        let cfg = TrainConfig {
+            max_train_steps: 2,
+            learning_rate: 1e-3,
+            min_snr_gamma: Some(5.0),
+            train_batch_size: 2,
+            noise_offset: Some(0.05),
+            ..TrainConfig::default()
+        };
+        let mut t =
+            Trainer::new(model, Trainable::Full, vec![], WordTokenizer::demo(), cfg).unwrap();
         let mut seen = Vec::new();
         t.run(&data(3), |_, i| {
             seen.push(i.step);
@@ -496,13 +624,37 @@ mod tests {
     #[test]
     fn bad_settings_are_errors() {
         let model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 4).unwrap();
-        let cfg = TrainConfig { train_batch_size: 0, ..TrainConfig::default() };
-        assert!(Trainer::new(model.clone(), Trainable::Full, vec![], WordTokenizer::demo(), cfg).is_err());
+        let cfg = TrainConfig {
+            train_batch_size: 0,
+            ..TrainConfig::default()
+        };
+        assert!(Trainer::new(
+            model.clone(),
+            Trainable::Full,
+            vec![],
+            WordTokenizer::demo(),
+            cfg
+        )
+        .is_err());
         let mut cfg = TrainConfig::default();
         cfg.captions.caption_dropout_rate = 0.8;
         cfg.captions.random_caption_rate = 0.5;
-        assert!(Trainer::new(model.clone(), Trainable::Full, vec![], WordTokenizer::demo(), cfg).is_err());
-        let mut t = Trainer::new(model, Trainable::Full, vec![], WordTokenizer::demo(), TrainConfig::default()).unwrap();
+        assert!(Trainer::new(
+            model.clone(),
+            Trainable::Full,
+            vec![],
+            WordTokenizer::demo(),
+            cfg
+        )
+        .is_err());
+        let mut t = Trainer::new(
+            model,
+            Trainable::Full,
+            vec![],
+            WordTokenizer::demo(),
+            TrainConfig::default(),
+        )
+        .unwrap();
         assert!(t.run(&[], |_, _| Ok(())).is_err());
     }
 }

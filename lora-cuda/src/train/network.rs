@@ -138,7 +138,10 @@ impl Default for TrainNetworkArgs {
 }
 
 fn bad(what: &str, msg: impl Into<String>) -> Error {
-    Error::InvalidArgument { what: what.into(), msg: msg.into() }
+    Error::InvalidArgument {
+        what: what.into(),
+        msg: msg.into(),
+    }
 }
 
 /// Parses `--save_precision`.
@@ -147,7 +150,10 @@ pub fn parse_save_precision(s: &str) -> Result<SavePrecision> {
         "float" | "fp32" => Ok(SavePrecision::Float),
         "fp16" => Ok(SavePrecision::Fp16),
         "bf16" => Ok(SavePrecision::Bf16),
-        o => Err(bad("--save_precision", format!("{o:?} (expected float, fp16 or bf16)"))),
+        o => Err(bad(
+            "--save_precision",
+            format!("{o:?} (expected float, fp16 or bf16)"),
+        )),
     }
 }
 
@@ -178,43 +184,78 @@ impl BaseModel {
     /// Loads a checkpoint.
     pub fn load(path: &Path) -> Result<Self> {
         let (model, info) = load_checkpoint(path)?;
-        Ok(BaseModel { model, info, path: path.to_path_buf() })
+        Ok(BaseModel {
+            model,
+            info,
+            path: path.to_path_buf(),
+        })
     }
 }
 
 /// Trains a LoRA network on `data` per `args`; `on_step` sees every step (progress bars).
-pub fn train_network(args: &TrainNetworkArgs, data: Vec<TrainItem>, on_step: impl FnMut(StepInfo)) -> Result<TrainOutcome> {
+pub fn train_network(
+    args: &TrainNetworkArgs,
+    data: Vec<TrainItem>,
+    on_step: impl FnMut(StepInfo),
+) -> Result<TrainOutcome> {
     let base = BaseModel::load(&args.pretrained_model_name_or_path)?;
     train_network_on(args, &base, data, on_step)
 }
 
 /// [`train_network`] with an already loaded base model.
-pub fn train_network_on(args: &TrainNetworkArgs, base: &BaseModel, data: Vec<TrainItem>, mut on_step: impl FnMut(StepInfo)) -> Result<TrainOutcome> {
+pub fn train_network_on(
+    args: &TrainNetworkArgs,
+    base: &BaseModel,
+    data: Vec<TrainItem>,
+    mut on_step: impl FnMut(StepInfo),
+) -> Result<TrainOutcome> {
     // ---- validate everything before any work
     let opt = args.optimizer_type.to_ascii_lowercase();
     if !(opt.is_empty() || opt == "adamw") {
-        return Err(bad("--optimizer_type", format!("{:?}: only AdamW is supported", args.optimizer_type)));
+        return Err(bad(
+            "--optimizer_type",
+            format!("{:?}: only AdamW is supported", args.optimizer_type),
+        ));
     }
     if !["no", "fp16", "bf16"].contains(&args.mixed_precision.as_str()) {
-        return Err(bad("--mixed_precision", format!("{:?} (expected no, fp16 or bf16)", args.mixed_precision)));
+        return Err(bad(
+            "--mixed_precision",
+            format!("{:?} (expected no, fp16 or bf16)", args.mixed_precision),
+        ));
     }
     match args.device.as_str() {
         "cpu" => {}
         "cuda" => {
             crate::Device::cuda(0)?;
-            return Err(bad("--device cuda", "the model's CUDA path is not wired yet in this build; use --device cpu"));
+            return Err(bad(
+                "--device cuda",
+                "the model's CUDA path is not wired yet in this build; use --device cpu",
+            ));
         }
         o => return Err(bad("--device", format!("{o:?} (expected cpu or cuda)"))),
     }
-    let save_precision = args.save_precision.as_deref().map(parse_save_precision).transpose()?;
+    let save_precision = args
+        .save_precision
+        .as_deref()
+        .map(parse_save_precision)
+        .transpose()?;
     let lr_kind = ScheduleKind::parse(&args.lr_scheduler)?;
     let warmup = if args.lr_warmup_steps > 0.0 && args.lr_warmup_steps < 1.0 {
         Warmup::Ratio(args.lr_warmup_steps)
     } else {
         Warmup::Steps(args.lr_warmup_steps.max(0.0) as u64)
     };
-    if !args.base_weights_multiplier.is_empty() && args.base_weights_multiplier.len() != args.base_weights.len() {
-        return Err(bad("--base_weights_multiplier", format!("{} values for {} --base_weights", args.base_weights_multiplier.len(), args.base_weights.len())));
+    if !args.base_weights_multiplier.is_empty()
+        && args.base_weights_multiplier.len() != args.base_weights.len()
+    {
+        return Err(bad(
+            "--base_weights_multiplier",
+            format!(
+                "{} values for {} --base_weights",
+                args.base_weights_multiplier.len(),
+                args.base_weights.len()
+            ),
+        ));
     }
     let tokenizer: WordTokenizer = base.info.tokenizer.clone().ok_or_else(|| {
         bad(
@@ -228,23 +269,44 @@ pub fn train_network_on(args: &TrainNetworkArgs, base: &BaseModel, data: Vec<Tra
     let side = args.resolution;
     let down = 1usize << (base.model.unet.block_out_channels.len() - 1);
     if side == 0 || side % down != 0 {
-        return Err(bad("--resolution", format!("{side} must be a positive multiple of {down}")));
+        return Err(bad(
+            "--resolution",
+            format!("{side} must be a positive multiple of {down}"),
+        ));
     }
     if let Some(i) = data.iter().position(|d| d.pixels.len() != 3 * side * side) {
-        return Err(bad("training images", format!("image {i} has {} values, {side}×{side} RGB needs {}", data[i].pixels.len(), 3 * side * side)));
+        return Err(bad(
+            "training images",
+            format!(
+                "image {i} has {} values, {side}×{side} RGB needs {}",
+                data[i].pixels.len(),
+                3 * side * side
+            ),
+        ));
     }
     for d in &data {
         tokenizer.encode(&d.caption)?;
     }
-    std::fs::create_dir_all(&args.output_dir).map_err(|e| bad(&format!("--output_dir {}", args.output_dir.display()), e.to_string()))?;
-    let output = args.output_dir.join(format!("{}.safetensors", args.output_name));
+    std::fs::create_dir_all(&args.output_dir).map_err(|e| {
+        bad(
+            &format!("--output_dir {}", args.output_dir.display()),
+            e.to_string(),
+        )
+    })?;
+    let output = args
+        .output_dir
+        .join(format!("{}.safetensors", args.output_name));
     let mut inputs: Vec<&Path> = vec![&base.path];
     inputs.extend(args.network_weights.as_deref());
     inputs.extend(args.base_weights.iter().map(|p| p.as_path()));
     lora_core::ensure_not_input(&output, &inputs).map_err(core_err)?;
 
     // ---- networks
-    let te_cfg = if args.network_train_unet_only { None } else { Some(&base.model.te) };
+    let te_cfg = if args.network_train_unet_only {
+        None
+    } else {
+        Some(&base.model.te)
+    };
     let mut base_nets = Vec::new();
     for (i, p) in args.base_weights.iter().enumerate() {
         let m = args.base_weights_multiplier.get(i).copied().unwrap_or(1.0);
@@ -264,7 +326,9 @@ pub fn train_network_on(args: &TrainNetworkArgs, base: &BaseModel, data: Vec<Tra
     };
     let random_captions = if args.random_captions.is_empty() && args.random_caption_rate > 0.0 {
         let w = crate::demo::World::new(8, crate::demo::Style::A);
-        (0..512).map(|s| w.sample(s ^ args.seed.rotate_left(17)).0.caption()).collect()
+        (0..512)
+            .map(|s| w.sample(s ^ args.seed.rotate_left(17)).0.caption())
+            .collect()
     } else {
         args.random_captions.clone()
     };
@@ -298,7 +362,13 @@ pub fn train_network_on(args: &TrainNetworkArgs, base: &BaseModel, data: Vec<Tra
         adamw: AdamWConfig::default(),
     };
     let mut meta = training_metadata(args, base, &data, steps_per_epoch, max_steps, dim)?;
-    let mut trainer = Trainer::new(base.model.clone(), Trainable::Lora(net), base_nets, tokenizer, cfg)?;
+    let mut trainer = Trainer::new(
+        base.model.clone(),
+        Trainable::Lora(net),
+        base_nets,
+        tokenizer,
+        cfg,
+    )?;
 
     // ---- train
     let mut step_files = Vec::new();
@@ -309,7 +379,10 @@ pub fn train_network_on(args: &TrainNetworkArgs, base: &BaseModel, data: Vec<Tra
         on_step(info);
         if let Some(n) = args.save_every_n_steps.filter(|&n| n > 0) {
             if info.step % n == 0 && info.step < info.total {
-                let p = args.output_dir.join(format!("{}-step{:08}.safetensors", args.output_name, info.step));
+                let p = args.output_dir.join(format!(
+                    "{}-step{:08}.safetensors",
+                    args.output_name, info.step
+                ));
                 let mut m = meta.clone();
                 finish_metadata(&mut m, info.step, info.epoch);
                 if let Some(net) = t.network() {
@@ -328,23 +401,37 @@ pub fn train_network_on(args: &TrainNetworkArgs, base: &BaseModel, data: Vec<Tra
     }
     let epochs = max_steps.div_ceil(steps_per_epoch.max(1));
     finish_metadata(&mut meta, trainer.step_count(), epochs);
-    let net = trainer.network().ok_or_else(|| bad("trainer", "no network"))?;
+    let net = trainer
+        .network()
+        .ok_or_else(|| bad("trainer", "no network"))?;
     save_lora(net, &output, &meta, save_precision)?;
-    Ok(TrainOutcome { output, step_files, final_loss: last, steps: trainer.step_count() })
+    Ok(TrainOutcome {
+        output,
+        step_files,
+        final_loss: last,
+        steps: trainer.step_count(),
+    })
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn finish_metadata(m: &mut BTreeMap<String, String>, step: u64, epoch: u64) {
-    m.insert("ss_training_finished_at".into(), PyValue::Float(now_secs()).py_str());
+    m.insert(
+        "ss_training_finished_at".into(),
+        PyValue::Float(now_secs()).py_str(),
+    );
     m.insert("ss_steps".into(), step.to_string());
     m.insert("ss_epoch".into(), epoch.to_string());
 }
 
 fn opt_f(v: Option<f64>) -> String {
-    v.map(|x| PyValue::Float(x).py_str()).unwrap_or_else(|| "None".into())
+    v.map(|x| PyValue::Float(x).py_str())
+        .unwrap_or_else(|| "None".into())
 }
 
 /// sd-scripts' training metadata (§1.6, §9): every value as Python's `str()` would print it.
@@ -364,7 +451,10 @@ fn training_metadata(
     let mut ins = |k: &str, v: String| {
         m.insert(k.to_string(), v);
     };
-    ins("ss_session_id", ((started * 1e6) as u64 % 4_294_967_296).to_string());
+    ins(
+        "ss_session_id",
+        ((started * 1e6) as u64 % 4_294_967_296).to_string(),
+    );
     ins("ss_training_started_at", f(started));
     ins("ss_output_name", args.output_name.clone());
     ins("ss_learning_rate", f(args.learning_rate));
@@ -373,11 +463,21 @@ fn training_metadata(
     ins("ss_num_train_images", n_images.to_string());
     ins("ss_num_reg_images", "0".into());
     ins("ss_num_batches_per_epoch", steps_per_epoch.to_string());
-    ins("ss_num_epochs", max_steps.div_ceil(steps_per_epoch.max(1)).to_string());
+    ins(
+        "ss_num_epochs",
+        max_steps.div_ceil(steps_per_epoch.max(1)).to_string(),
+    );
     ins("ss_gradient_checkpointing", b(false));
     ins("ss_gradient_accumulation_steps", "1".into());
     ins("ss_max_train_steps", max_steps.to_string());
-    ins("ss_lr_warmup_steps", if args.lr_warmup_steps.fract() == 0.0 { (args.lr_warmup_steps as i64).to_string() } else { f(args.lr_warmup_steps) });
+    ins(
+        "ss_lr_warmup_steps",
+        if args.lr_warmup_steps.fract() == 0.0 {
+            (args.lr_warmup_steps as i64).to_string()
+        } else {
+            f(args.lr_warmup_steps)
+        },
+    );
     ins("ss_lr_scheduler", args.lr_scheduler.clone());
     ins("ss_network_module", "networks.lora".into());
     ins("ss_network_dim", dim.to_string());
@@ -392,7 +492,10 @@ fn training_metadata(
     ins("ss_cache_latents", b(false));
     ins("ss_seed", args.seed.to_string());
     ins("ss_lowram", b(false));
-    ins("ss_noise_offset", opt_f(args.noise_offset.map(|x| x as f64)));
+    ins(
+        "ss_noise_offset",
+        opt_f(args.noise_offset.map(|x| x as f64)),
+    );
     ins("ss_multires_noise_iterations", "None".into());
     ins("ss_multires_noise_discount", "0.3".into());
     ins("ss_adaptive_noise_scale", "None".into());
@@ -401,12 +504,18 @@ fn training_metadata(
     ins("ss_sd_scripts_commit_hash", "(unknown)".into());
     ins("ss_optimizer", "torch.optim.adamw.AdamW".into());
     ins("ss_max_grad_norm", f(args.max_grad_norm));
-    ins("ss_caption_dropout_rate", f(args.caption_dropout_rate as f64));
+    ins(
+        "ss_caption_dropout_rate",
+        f(args.caption_dropout_rate as f64),
+    );
     ins("ss_caption_dropout_every_n_epochs", "0".into());
     ins("ss_caption_tag_dropout_rate", "0.0".into());
     ins("ss_face_crop_aug_range", "None".into());
     ins("ss_prior_loss_weight", "1.0".into());
-    ins("ss_min_snr_gamma", opt_f(args.min_snr_gamma.map(|x| x as f64)));
+    ins(
+        "ss_min_snr_gamma",
+        opt_f(args.min_snr_gamma.map(|x| x as f64)),
+    );
     ins("ss_scale_weight_norms", "None".into());
     ins("ss_ip_noise_gamma", "None".into());
     ins("ss_debiased_estimation", b(false));
@@ -414,7 +523,10 @@ fn training_metadata(
     ins("ss_huber_schedule", "snr".into());
     ins("ss_huber_c", "0.1".into());
     ins("ss_resolution", format!("({0}, {0})", args.resolution));
-    ins("ss_batch_size_per_device", args.train_batch_size.to_string());
+    ins(
+        "ss_batch_size_per_device",
+        args.train_batch_size.to_string(),
+    );
     ins("ss_total_batch_size", args.train_batch_size.to_string());
     ins("ss_shuffle_caption", b(args.shuffle_caption));
     ins("ss_keep_tokens", args.keep_tokens.to_string());
@@ -423,28 +535,63 @@ fn training_metadata(
     ins("ss_flip_aug", b(false));
     ins("ss_random_crop", b(false));
     ins("ss_enable_bucket", b(false));
-    ins("ss_sd_model_name", base.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    ins("ss_sd_model_hash", lora_core::model_hash(&base.path).map_err(core_err)?);
-    ins("ss_new_sd_model_hash", lora_core::sha256_file(&base.path).map_err(core_err)?);
+    ins(
+        "ss_sd_model_name",
+        base.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    ins(
+        "ss_sd_model_hash",
+        lora_core::model_hash(&base.path).map_err(core_err)?,
+    );
+    ins(
+        "ss_new_sd_model_hash",
+        lora_core::sha256_file(&base.path).map_err(core_err)?,
+    );
     if let Some(d) = &args.train_data_dir {
-        ins("ss_dataset_dirs", py_json_dumps(&[(
-            &d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            PyValue::Str(format!("n_repeats: {}, img_count: {}", data.first().map(|d| d.repeats).unwrap_or(1), data.len())),
-        )]));
+        ins(
+            "ss_dataset_dirs",
+            py_json_dumps(&[(
+                &d.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                PyValue::Str(format!(
+                    "n_repeats: {}, img_count: {}",
+                    data.first().map(|d| d.repeats).unwrap_or(1),
+                    data.len()
+                )),
+            )]),
+        );
     }
     // Tag frequency of the captions (as sd-scripts counts them: comma-split, stripped).
     let mut freq: BTreeMap<String, i64> = BTreeMap::new();
     for d in data {
-        for t in d.caption.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        for t in d
+            .caption
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             *freq.entry(t.to_string()).or_default() += 1;
         }
     }
-    let entries: Vec<(&str, PyValue)> = freq.iter().map(|(k, v)| (k.as_str(), PyValue::Int(*v))).collect();
-    ins("ss_tag_frequency", format!("{{\"dataset\": {}}}", py_json_dumps(&entries)));
+    let entries: Vec<(&str, PyValue)> = freq
+        .iter()
+        .map(|(k, v)| (k.as_str(), PyValue::Int(*v)))
+        .collect();
+    ins(
+        "ss_tag_frequency",
+        format!("{{\"dataset\": {}}}", py_json_dumps(&entries)),
+    );
     if args.conv_dim.is_some() {
         let a: Vec<(&str, PyValue)> = vec![
             ("conv_dim", PyValue::Int(args.conv_dim.unwrap_or(0) as i64)),
-            ("conv_alpha", PyValue::Float(args.conv_alpha.unwrap_or(1.0) as f64)),
+            (
+                "conv_alpha",
+                PyValue::Float(args.conv_alpha.unwrap_or(1.0) as f64),
+            ),
             ("dropout", PyValue::None),
         ];
         ins("ss_network_args", py_json_dumps(&a));
@@ -454,11 +601,20 @@ fn training_metadata(
     }
     ins("modelspec.sai_model_spec", "1.0.1".into());
     ins("modelspec.architecture", "stable-diffusion-v1/lora".into());
-    ins("modelspec.implementation", "https://github.com/Stability-AI/generative-models".into());
+    ins(
+        "modelspec.implementation",
+        "https://github.com/Stability-AI/generative-models".into(),
+    );
     ins("modelspec.title", args.output_name.clone());
     ins("modelspec.resolution", format!("{0}x{0}", args.resolution));
-    ins("modelspec.prediction_type", base.info.prediction.as_str().into());
-    ins("modelspec.implementation_version", format!("copier-lora/{}", env!("CARGO_PKG_VERSION")));
+    ins(
+        "modelspec.prediction_type",
+        base.info.prediction.as_str().into(),
+    );
+    ins(
+        "modelspec.implementation_version",
+        format!("copier-lora/{}", env!("CARGO_PKG_VERSION")),
+    );
     Ok(m)
 }
 
@@ -476,10 +632,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let ckpt = dir.join("base.safetensors");
         let model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 1).unwrap();
-        let info = ModelInfo { tokenizer: Some(WordTokenizer::demo()), ..ModelInfo::default() };
+        let info = ModelInfo {
+            tokenizer: Some(WordTokenizer::demo()),
+            ..ModelInfo::default()
+        };
         save_checkpoint(&model, &info, &ckpt, SavePrecision::Float).unwrap();
         let (scene, img) = World::new(16, Style::A).sample(3);
-        let data = vec![TrainItem { pixels: img.to_chw(), caption: scene.caption(), repeats: 2 }];
+        let data = vec![TrainItem {
+            pixels: img.to_chw(),
+            caption: scene.caption(),
+            repeats: 2,
+        }];
         let args = TrainNetworkArgs {
             pretrained_model_name_or_path: ckpt.clone(),
             output_dir: dir.join("out"),
@@ -504,7 +667,14 @@ mod tests {
         assert_eq!(steps, 4);
         assert_eq!(out.step_files.len(), 1);
         let f = lora_core::LoraFile::load(&out.output).unwrap();
-        for k in ["ss_network_dim", "ss_network_alpha", "ss_steps", "ss_network_args", "sshs_model_hash", "ss_caption_dropout_rate"] {
+        for k in [
+            "ss_network_dim",
+            "ss_network_alpha",
+            "ss_steps",
+            "ss_network_args",
+            "sshs_model_hash",
+            "ss_caption_dropout_rate",
+        ] {
             assert!(f.metadata.get(k).is_some(), "missing {k}");
         }
         assert_eq!(f.metadata.get("ss_network_alpha"), Some("2.0"));
@@ -521,18 +691,36 @@ mod tests {
             ..args.clone()
         };
         train_network(&args2, data.clone(), |_| {}).unwrap();
-        let clobber = TrainNetworkArgs { output_name: "copier".into(), ..args2.clone() };
+        let clobber = TrainNetworkArgs {
+            output_name: "copier".into(),
+            ..args2.clone()
+        };
         assert!(train_network(&clobber, data.clone(), |_| {}).is_err());
         // Bad flags fail before any work.
         for bad_args in [
-            TrainNetworkArgs { optimizer_type: "Lion".into(), ..args.clone() },
-            TrainNetworkArgs { lr_scheduler: "constant".into(), ..args.clone() },
-            TrainNetworkArgs { resolution: 24, ..args.clone() },
-            TrainNetworkArgs { base_weights_multiplier: vec![1.0], ..args.clone() },
+            TrainNetworkArgs {
+                optimizer_type: "Lion".into(),
+                ..args.clone()
+            },
+            TrainNetworkArgs {
+                lr_scheduler: "constant".into(),
+                ..args.clone()
+            },
+            TrainNetworkArgs {
+                resolution: 24,
+                ..args.clone()
+            },
+            TrainNetworkArgs {
+                base_weights_multiplier: vec![1.0],
+                ..args.clone()
+            },
         ] {
             assert!(train_network(&bad_args, data.clone(), |_| panic!("must not train")).is_err());
         }
-        let unknown = vec![TrainItem { caption: "a unicorn".into(), ..data[0].clone() }];
+        let unknown = vec![TrainItem {
+            caption: "a unicorn".into(),
+            ..data[0].clone()
+        }];
         assert!(train_network(&args, unknown, |_| panic!("must not train")).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
