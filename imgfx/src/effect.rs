@@ -1,17 +1,17 @@
 //! One [`Effect`] enum for the pipeline and the command line, parsed from `name:key=value,...`.
 //!
-//! Names and parameters (defaults in brackets) keep their reference tools' names:
+//! Names and parameters (defaults in parentheses) keep their reference tools' names:
 //!
-//! - `outline`: `method` [xdog] (`xdog`, `canny`, `contour`, `find_edges`), `strength` [1], `thickness` [1],
-//!   `sigma` [0.8], `k` [1.6], `p` [20], `epsilon` [0.1], `phi` [10], `threshold1` [100], `threshold2` [200]
-//! - `flatten`: `d` [9], `sigma_color` [75], `sigma_space` [75], `iterations` [5], `k` [0 = off],
-//!   `seed` [0], `max_iter` [20]
-//! - `contrast`: `factor` [1.5] (Pillow `ImageEnhance.Contrast`)
-//! - `autocontrast`: `cutoff` [0] (sets both ends), `cutoff_low`, `cutoff_high`, `ignore` [none],
-//!   `preserve_tone` [false]
-//! - `posterize`: `bits` [4] (Pillow `ImageOps.posterize`)
-//! - `levels`: `levels` [4] (evenly spaced posterization)
-//! - `jpeg`: `quality` [75], `subsampling` [4:2:0], `passes` [1]
+//! - `outline`: `method` (default xdog) (`xdog`, `canny`, `contour`, `find_edges`), `strength` (default 1), `thickness` (default 1),
+//!   `sigma` (default 0.8), `k` (default 1.6), `p` (default 20), `epsilon` (default 0.1), `phi` (default 10), `threshold1` (default 100), `threshold2` (default 200)
+//! - `flatten`: `d` (default 9), `sigma_color` (default 75), `sigma_space` (default 75), `iterations` (default 5), `k` (default 0 = off),
+//!   `seed` (default 0), `max_iter` (default 20)
+//! - `contrast`: `factor` (default 1.5) (Pillow `ImageEnhance.Contrast`)
+//! - `autocontrast`: `cutoff` (default 0) (sets both ends), `cutoff_low`, `cutoff_high`, `ignore` (default none),
+//!   `preserve_tone` (default false)
+//! - `posterize`: `bits` (default 4) (Pillow `ImageOps.posterize`)
+//! - `levels`: `levels` (default 4) (evenly spaced posterization)
+//! - `jpeg`: `quality` (default 75), `subsampling` (default 4:2:0), `passes` (default 1)
 //! - Pillow's kernel filters, no parameters: `blur`, `contour`, `detail`, `edge_enhance`,
 //!   `edge_enhance_more`, `emboss`, `find_edges`, `sharpen`, `smooth`, `smooth_more`
 
@@ -36,9 +36,9 @@ detail, edge_enhance, edge_enhance_more, emboss, find_edges, sharpen, smooth, sm
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Effect {
-    /// [`crate::outline`].
+    /// [`crate::outline()`].
     Outline(OutlineParams),
-    /// [`crate::flatten`].
+    /// [`crate::flatten()`].
     Flatten(FlattenParams),
     /// [`crate::contrast`] with Pillow's `factor`.
     Contrast {

@@ -27,7 +27,7 @@
 //! - Bit-exact to Pillow: [`contrast`] (`ImageEnhance.Contrast`), [`autocontrast`] (`ImageOps.autocontrast`),
 //!   [`posterize`] (`ImageOps.posterize`) and the kernel filters ([`pillow_filter`]: `ImageFilter.BLUR`,
 //!   `CONTOUR`, ...), including Pillow's 32-bit float arithmetic and its unfiltered border.
-//! - OpenCV's `bilateralFilter` semantics ([`bilateral`], used by [`flatten`]): within 1 of OpenCV on ≥ 99.9%
+//! - OpenCV's `bilateralFilter` semantics ([`bilateral`], used by [`flatten()`]): within 1 of OpenCV on ≥ 99.9%
 //!   of samples (OpenCV's SIMD path sums in another order).
 //! - [`jpeg_noise`]: libjpeg's quality scaling and 4:2:0 subsampling (chroma box-averaged as libjpeg does)
 //!   like Pillow's `save(..., "JPEG", quality=q)`; not byte-identical (another DCT), the same within 0.5 dB
@@ -46,8 +46,8 @@
 //! as the portable path (tested equal).
 //!
 //! # Modules
-//! [`effect`] (the [`Effect`] enum and its `name:key=value` syntax), [`tone`], [`kernel`], [`flatten`],
-//! [`outline`], [`jpeg`], [`metrics`], [`io`] (size-limited loading, atomic saving), [`cli`] (the
+//! [`effect`] (the [`Effect`] enum and its `name:key=value` syntax), [`tone`], [`kernel`], [`mod@flatten`],
+//! [`mod@outline`], [`jpeg`], [`metrics`], [`io`] (size-limited loading, atomic saving), [`cli`] (the
 //! `imgfx` command line), [`testimage`] (a synthetic test picture).
 #![warn(missing_docs)]
 

@@ -120,7 +120,7 @@ fn check_pair(up: ArrayView2<f32>, down: ArrayView2<f32>, tensor: &str) -> Resul
     Ok(())
 }
 
-/// Resizes one module (`resize_lora.py`, spec §4.3): exact SVD of `up·down` through [`lowrank_svd`],
+/// Resizes one module (`resize_lora.py`, spec §4.3): exact SVD of `up·down` through [`crate::linalg::lowrank_svd`],
 /// rank chosen by `rule` capped at `max_rank`, new alpha keeping `alpha/rank`.
 ///
 /// `alpha` is the module's old alpha (`None` when the file has none: scale 1). As in the reference, the
