@@ -54,8 +54,15 @@ te = CLIPTextModel(
         max_position_embeddings=24,
         hidden_act="quick_gelu",
         layer_norm_eps=1e-5,
+        # The demo tokenizer's ids (lora_cuda::demo::tokenizer): BOS 0, EOS 1 (also the padding, as CLIP).
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
 ).eval()
+# transformers 5 dropped the `text_model` wrapper of CLIPTextModel (its keys lost the `text_model.` prefix);
+# ours keep transformers 4's (and the LDM checkpoints') `text_model.` names.
+tm = getattr(te, "text_model", te)
 # Non-trivial norms and biases.
 with torch.no_grad():
     for p in list(unet.parameters()) + list(te.parameters()):
@@ -67,12 +74,12 @@ for k, v in unet.state_dict().items():
 for k, v in te.state_dict().items():
     if k.endswith("position_ids"):
         continue
-    tensors["te." + k] = v.detach().clone()
+    tensors["te." + (k if k.startswith("text_model.") else "text_model." + k)] = v.detach().clone()
 
 LORAS = {
     # kohya name: (module, kind)
-    "lora_te_text_model_encoder_layers_0_self_attn_v_proj": te.text_model.encoder.layers[0].self_attn.v_proj,
-    "lora_te_text_model_encoder_layers_0_mlp_fc1": te.text_model.encoder.layers[0].mlp.fc1,
+    "lora_te_text_model_encoder_layers_0_self_attn_v_proj": tm.encoder.layers[0].self_attn.v_proj,
+    "lora_te_text_model_encoder_layers_0_mlp_fc1": tm.encoder.layers[0].mlp.fc1,
     "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k": unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_k,
     "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_ff_net_0_proj": unet.up_blocks[0].attentions[1].transformer_blocks[0].ff.net[0].proj,
     "lora_unet_mid_block_attentions_0_proj_out": unet.mid_block.attentions[0].proj_out,
