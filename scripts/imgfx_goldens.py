@@ -72,15 +72,15 @@ def main():
         for bits in [1, 2, 3, 4, 6, 8]:
             save(ImageOps.posterize(im, bits), f"posterize_{bits}_{tag}.png", iname, f"posterize:bits={bits}",
                  "exact")
-        for kw, spec in [
+        for i, (kw, spec) in enumerate([
             ({}, "autocontrast"),
             ({"cutoff": 2}, "autocontrast:cutoff=2"),
             ({"cutoff": (1, 5)}, "autocontrast:cutoff_low=1,cutoff_high=5"),
             ({"cutoff": 0.5}, "autocontrast:cutoff=0.5"),
             ({"ignore": 255}, "autocontrast:ignore=255"),
             ({"preserve_tone": True}, "autocontrast:preserve_tone=true"),
-        ]:
-            save(ImageOps.autocontrast(im, **kw), f"autocontrast_{len(rows)}_{tag}.png", iname, spec, "exact")
+        ]):
+            save(ImageOps.autocontrast(im, **kw), f"autocontrast_{i}_{tag}.png", iname, spec, "exact")
         # OpenCV bilateral (BGR order does not matter: L1 distance and per-channel sums).
         arr = np.asarray(im)
         for d, sc, ss in [(9, 75, 75), (5, 30, 10), (0, 50, 3), (7, 250, 250)]:
@@ -92,14 +92,18 @@ def main():
             out = cv2.bilateralFilter(out, 9, 75, 75)
         save(Image.fromarray(out, im.mode), f"bilateral_x3_{tag}.png", iname,
              "flatten:d=9,sigma_color=75,sigma_space=75,iterations=3", "bilateral")
-        # Pillow JPEG round trips (stored decoded, as PNG).
-        for q, sub in [(10, "4:2:0"), (30, "4:2:0"), (75, "4:2:0"), (30, "4:4:4"), (50, "4:2:2")]:
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=q, subsampling=sub)
-            buf.seek(0)
-            dec = Image.open(buf).convert(im.mode)
-            save(dec, f"jpeg_q{q}_{sub.replace(':', '')}_{tag}.png", iname,
-                 f"jpeg:quality={q},subsampling={sub}", "jpeg")
+        # Pillow JPEG round trips (stored decoded, as PNG); `passes` re-encodes the decoded image.
+        for q, sub, passes in [(10, "4:2:0", 1), (30, "4:2:0", 1), (75, "4:2:0", 1), (30, "4:4:4", 1),
+                               (50, "4:2:2", 1), (95, "4:2:0", 1), (30, "4:2:0", 3)]:
+            dec = im
+            for _ in range(passes):
+                buf = io.BytesIO()
+                dec.save(buf, "JPEG", quality=q, subsampling=sub)
+                buf.seek(0)
+                dec = Image.open(buf).convert(im.mode)
+            name = f"jpeg_q{q}_{sub.replace(':', '')}" + (f"_x{passes}" if passes > 1 else "")
+            spec = f"jpeg:quality={q},subsampling={sub}" + (f",passes={passes}" if passes > 1 else "")
+            save(dec, f"{name}_{tag}.png", iname, spec, "jpeg")
 
     with open(os.path.join(OUT, "manifest.tsv"), "w") as f:
         f.write(f"# made by scripts/imgfx_goldens.py with Pillow {PIL.__version__}, OpenCV {cv2.__version__}, "

@@ -8,6 +8,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 need_apt=()
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need_apt+=(libopenblas-dev)
+dpkg -s libturbojpeg0-dev >/dev/null 2>&1 || need_apt+=(libturbojpeg0-dev)  # imgfx: JPEG noise as Pillow
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 if [ ${#need_apt[@]} -gt 0 ]; then

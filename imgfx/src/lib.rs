@@ -29,9 +29,11 @@
 //!   `CONTOUR`, ...), including Pillow's 32-bit float arithmetic and its unfiltered border.
 //! - OpenCV's `bilateralFilter` semantics ([`bilateral`], used by [`flatten()`]): within 1 of OpenCV on ≥ 99.9%
 //!   of samples (OpenCV's SIMD path sums in another order).
-//! - [`jpeg_noise`]: libjpeg's quality scaling and 4:2:0 subsampling (chroma box-averaged as libjpeg does)
-//!   like Pillow's `save(..., "JPEG", quality=q)`; not byte-identical (another DCT), the same within 0.5 dB
-//!   PSNR and 10% blockiness (measured: within 0.03 dB and 1%).
+//! - [`jpeg_noise`]: bit-identical to Pillow's `save(..., "JPEG", quality=q)` + decode with the default
+//!   `turbojpeg` feature, which links the system libjpeg-turbo (the codec Pillow bundles) with Pillow's
+//!   settings. Without the feature, a pure-Rust codec ([`jpeg::pure`]: libjpeg's quality scaling, chroma
+//!   box-averaged as libjpeg does) matches within 0.5 dB PSNR and 10% blockiness (measured: within 0.03 dB
+//!   and 1%).
 //!
 //! The golden tests (`tests/golden.rs`) check this against outputs that `scripts/imgfx_goldens.py` made with
 //! Pillow and OpenCV.
