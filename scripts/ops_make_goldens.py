@@ -95,20 +95,22 @@ def normalize_signs(U, Vh):
 
 
 def rank_resize(S, rank, method, param):
-    """§4.4, float32 throughout."""
+    """§4.4, float32 throughout, with the index clamps of resize_lora.py itself: the spec's
+    clamp(i* + 1, 1, n - 1) for sv_cumulative/sv_fro is one too many; sd-scripts' own outputs
+    (scripts/ops_sdscripts_goldens.py) show clamp(i*, 0, n - 1), and clamp(c, 0, n - 1) for sv_ratio."""
     n = len(S)
     if method is None:
         k = rank
     else:
         if method == "sv_ratio":
             thr = np.float32(S[0] / np.float32(param))
-            idx = max(min(int(np.sum(S > thr)), n - 1), 1)
+            idx = max(min(int(np.sum(S > thr)), n - 1), 0)
         elif method in ("sv_cumulative", "sv_fro"):
             v = S if method == "sv_cumulative" else (S * S).astype(np.float32)
             target = np.float32(param) if method == "sv_cumulative" else np.float32(float(param) ** 2)
             cum = (np.cumsum(v, dtype=np.float32) / np.float32(np.sum(v, dtype=np.float32))).astype(np.float32)
             i = int(np.searchsorted(cum, target, side="left"))
-            idx = max(min(i + 1, n - 1), 1)
+            idx = max(min(i, n - 1), 0)
         k = idx + 1
     if S[0] <= 1e-6:
         k = 1

@@ -41,7 +41,8 @@
 //! * **Randomized SVD for extraction** ([`linalg::randomized_svd`], Halko–Martinsson–Tropp with 3 power
 //!   iterations and a sketch of `max(k+16, 1.5k)`): at most 1 % more Frobenius error than the exact truncated
 //!   SVD, measured in `tests/svd_props.rs`.
-//! * **Rank rules** ([`rank`]) copied from `resize_lora.py` with their `f32` comparisons and `+1`.
+//! * **Rank rules** ([`rank`]) copied from `resize_lora.py` with their `f32` comparisons and `sv_ratio`'s `+1`,
+//!   checked against sd-scripts' own outputs (`tests/sdscripts.rs`).
 //! * **Two API levels**: one call per operation ([`resize()`], [`svd_merge()`], [`merge_loras`],
 //!   [`merge_into_checkpoint`], [`extract()`]) and per-module functions with a reusable [`module::Workspace`]
 //!   ([`module::resize_factors`], [`module::svd_merge_factors`], [`module::extract_factors`]).

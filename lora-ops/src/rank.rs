@@ -1,7 +1,14 @@
 //! Rank selection of `resize_lora.py` (`rank_resize` and its index functions) and the verbose statistics.
 //!
-//! The rules are copied exactly, including the reference's quirks: comparisons in `f32`, a sequential `f32`
-//! running sum, and the `+1` that every dynamic method adds (spec §4.4).
+//! The rules are copied exactly from `resize_lora.py` (checked against its own outputs in
+//! `tests/sdscripts.rs`), including its quirks: comparisons in `f32`, a sequential `f32` running sum, and
+//! `sv_ratio`'s `+1` (it keeps one more singular value than those above `S₀/param`).
+//!
+//! Where the spec (§4.4) and the reference differ, the reference wins: `index_sv_cumulative` / `index_sv_fro`
+//! return `clamp(i*, 0, n − 1)` with `i*` the first index reaching the target, so the new rank `i* + 1` is
+//! exactly the number of singular values needed (the spec's `clamp(i* + 1, 1, n − 1) + 1` is one too many);
+//! and every index is clamped below at 0, not 1 (`max(0, min(index, len(S) - 1))`), so `sv_ratio` with
+//! `param < 1` gives rank 1.
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,8 +70,8 @@ pub enum RankRule {
 }
 
 fn clamp_index(i: usize, n: usize) -> usize {
-    // torch's `max(min(i, n - 1), 1)`; for n = 1 that yields 1.
-    i.min(n.saturating_sub(1)).max(1)
+    // The reference's `max(0, min(index, len(S) - 1))`.
+    i.min(n.saturating_sub(1))
 }
 
 /// First index `i` with `cum[i] >= target` over the sequential `f32` running sum of `values` divided by
@@ -80,10 +87,11 @@ fn cumulative_index(values: &[f32], total: f32, target: f32) -> usize {
     values.len()
 }
 
-/// `index_sv_cumulative`: `clamp(i* + 1, 1, n − 1)` (spec §4.4). `s` must hold all `n` singular values.
+/// `index_sv_cumulative`: `clamp(i*, 0, n − 1)`, `i*` the first index whose cumulative share reaches
+/// `target`. `s` must hold all `n` singular values.
 pub fn index_sv_cumulative(s: &[f32], target: f32) -> usize {
     let total = s.iter().map(|&v| v as f64).sum::<f64>() as f32;
-    clamp_index(cumulative_index(s, total, target) + 1, s.len())
+    clamp_index(cumulative_index(s, total, target), s.len())
 }
 
 /// `index_sv_fro`: the cumulative rule over `S²` with target `param²` (squared in `f64`, compared in `f32`).
@@ -91,17 +99,17 @@ pub fn index_sv_fro(s: &[f32], target: f32) -> usize {
     let sq: Vec<f32> = s.iter().map(|v| v * v).collect();
     let total = sq.iter().map(|&v| v as f64).sum::<f64>() as f32;
     let t = ((target as f64) * (target as f64)) as f32;
-    clamp_index(cumulative_index(&sq, total, t) + 1, s.len())
+    clamp_index(cumulative_index(&sq, total, t), s.len())
 }
 
-/// `index_sv_ratio`: `clamp(#{S_i > S₀/param}, 1, n − 1)` with the threshold computed in `f32`.
+/// `index_sv_ratio`: `clamp(#{S_i > S₀/param}, 0, n − 1)` with the threshold computed in `f32`.
 pub fn index_sv_ratio(s: &[f32], ratio: f32) -> usize {
-    let Some(&s0) = s.first() else { return 1 };
+    let Some(&s0) = s.first() else { return 0 };
     let thr = s0 / ratio;
     clamp_index(s.iter().filter(|&&v| v > thr).count(), s.len())
 }
 
-/// The new rank per `rank_resize`: dynamic index `+ 1` (the reference's off-by-one) or the fixed rank,
+/// The new rank per `rank_resize`: dynamic index `+ 1` or the fixed rank,
 /// then 1 for a zero matrix (`S₀ ≤ 1e-6`), else capped at `max_rank`.
 ///
 /// `s` must hold all `n = min(out, in·k·k)` singular values of the module (pad with zeros beyond the
@@ -194,60 +202,63 @@ mod tests {
             select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 2.0), 64),
             4
         );
-        // none but S0 above (param 1: threshold S0 itself, strict) → c = 0 → clamp 1 → k = 2
+        // none above (param 1: the threshold is S0 itself, strict) → c = 0 → clamp(0, 0, 2) = 0 → k = 1
+        // (the reference clamps below at 0: `max(0, min(index, len(S) - 1))`)
         let s = [3.0, 1.0, 0.5];
         assert_eq!(
             select_rank(&s, RankRule::Dynamic(DynamicMethod::SvRatio, 1.0), 64),
-            2
+            1
         );
     }
 
     #[test]
     fn sv_cumulative_exact_threshold() {
-        // cum = [0.5, 0.9, 1.0] exactly representable? 0.9 is not, but the spec's example: searching 0.9 in
-        // the float32 list [.5, .9, 1] returns index 1 (f32 comparison), so k = (1 + 1) + 1 = 3.
+        // cum = [0.5, 0.9, 1.0] in f32 (9/10 rounds to f32(0.9)): searching 0.9 returns index 1 (the f32
+        // comparison of the spec's example), so k = 1 + 1 = 2, the number of values needed.
         let s = [5.0, 4.0, 1.0];
-        assert_eq!(index_sv_cumulative(&s, 0.9), 2);
+        assert_eq!(index_sv_cumulative(&s, 0.9), 1);
         assert_eq!(
             select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.9), 64),
-            3
+            2
         );
-        // A target just above the second cumulative value needs the third value: clamp(3, 1, 2) = 2 → k = 3.
+        // A target just above the second cumulative value needs the third value: i* = 2 → k = 3.
         assert_eq!(
             select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.91), 64),
             3
         );
-        // target 0.5 is reached exactly by the first value: i* = 0 → index 1 → k = 2
+        // target 0.5 is reached exactly by the first value: i* = 0 → k = 1
         assert_eq!(
             select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.5), 64),
-            2
+            1
         );
         let s = [5.0, 4.0, 1.0, 0.0, 0.0, 0.0];
         assert_eq!(
             select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.9), 64),
-            3
+            2
         );
         assert_eq!(
             select_rank(&s, RankRule::Dynamic(DynamicMethod::SvCumulative, 0.95), 64),
-            4
+            3
         );
+        // A target never reached (f32 rounding of the total) gives searchsorted's n → clamp n − 1 → k = n.
+        assert_eq!(index_sv_cumulative(&[1.0, 1.0, 1.0], 1.5), 2);
     }
 
     #[test]
     fn sv_fro_squares_the_target() {
         // S² = [9, 16·0=..]: use S = [3, 2, 1, 1] → S² = [9, 4, 1, 1], total 15.
-        // param 0.8 → target 0.64 (f32 of 0.64 in double). cum = [0.6, 0.8667, ...] → i* = 1 → k = 3.
+        // param 0.8 → target 0.64 (f32 of 0.64 in double). cum = [0.6, 0.8667, ...] → i* = 1 → k = 2.
         let s = [3.0, 2.0, 1.0, 1.0];
         assert_eq!(
             select_rank(&s, RankRule::Dynamic(DynamicMethod::SvFro, 0.8), 64),
-            3
+            2
         );
         // cum[0] = 9/15 = 0.6 in f32; param = sqrt(0.6) → f32(param)² in double, rounded to f32, compared.
         let p = 0.6f64.sqrt() as f32;
         let t = ((p as f64) * (p as f64)) as f32;
         let c0 = 9.0f32 / 15.0f32;
         let expect_i = if c0 >= t { 0 } else { 1 };
-        assert_eq!(index_sv_fro(&s, p), clamp_index(expect_i + 1, 4));
+        assert_eq!(index_sv_fro(&s, p), clamp_index(expect_i, 4));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Comparison with golden outputs of `scripts/ops_make_goldens.py`, an independent numpy re-implementation
-//! of the spec's rules (dense LAPACK gesdd SVD, float32 rank rules) — not sd-scripts itself, which cannot be
-//! installed here. Tolerances are the issue's: reconstructed `up·down·alpha/rank` within 5e-3 (resize) and
+//! of the spec's rules (dense LAPACK gesdd SVD, float32 rank rules); `tests/sdscripts.rs` compares with
+//! sd-scripts' own outputs. Tolerances are the issue's: reconstructed `up·down·alpha/rank` within 5e-3 (resize) and
 //! 2e-2 (svd_merge, where the sign-dependent clamp acts) relative Frobenius error; identical ranks, alphas and
 //! `ss_network_*` metadata.
 
