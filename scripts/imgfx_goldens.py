@@ -104,6 +104,15 @@ def main():
             name = f"jpeg_q{q}_{sub.replace(':', '')}" + (f"_x{passes}" if passes > 1 else "")
             spec = f"jpeg:quality={q},subsampling={sub}" + (f",passes={passes}" if passes > 1 else "")
             save(dec, f"{name}_{tag}.png", iname, spec, "jpeg")
+        # OpenCV Canny (L1 gradient, aperture 3) on Pillow's luma, edges multiplied in as black
+        # (outline:method=canny at strength 1). threshold1 > threshold2 is swapped by OpenCV.
+        luma = np.asarray(im.convert("L"))
+        for t1, t2 in [(100, 200), (50, 150), (20, 60), (200, 100)]:
+            edges = cv2.Canny(luma, t1, t2)
+            out = np.asarray(im).copy()
+            out[edges != 0] = 0
+            save(Image.fromarray(out, im.mode), f"canny_{t1}_{t2}_{tag}.png", iname,
+                 f"outline:method=canny,threshold1={t1},threshold2={t2}", "exact")
 
     with open(os.path.join(OUT, "manifest.tsv"), "w") as f:
         f.write(f"# made by scripts/imgfx_goldens.py with Pillow {PIL.__version__}, OpenCV {cv2.__version__}, "

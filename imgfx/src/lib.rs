@@ -53,6 +53,7 @@
 //! `imgfx` command line), [`testimage`] (a synthetic test picture).
 #![warn(missing_docs)]
 
+mod canny;
 pub mod cli;
 pub mod effect;
 mod error;

@@ -1,6 +1,7 @@
 //! Outline: dark lines drawn over the image (multiplied in), by one of the reference methods:
-//! XDoG (Winnemöller 2012; the default), Canny's edge detector (OpenCV's algorithm: 3×3 Sobel, L1
-//! magnitude, non-maximum suppression, hysteresis), or Pillow's `CONTOUR` / `FIND_EDGES` on the luma.
+//! XDoG (Winnemöller 2012; the default), Canny's edge detector (OpenCV's `cv::Canny` on Pillow's luma,
+//! bit-exact: 3×3 Sobel, L1 magnitude, non-maximum suppression, hysteresis), or Pillow's `CONTOUR` /
+//! `FIND_EDGES` on the luma.
 //!
 //! Every method yields a line map `T` in [0, 1] (0 = full line, 1 = no line). The lines are thickened by a
 //! minimum filter of radius `thickness − 1`, then each colour sample becomes
@@ -9,6 +10,7 @@
 use image::DynamicImage;
 use rayon::prelude::*;
 
+use crate::canny;
 use crate::kernel::{pillow_filter, PillowFilter};
 use crate::pixels::{make_8bit, samples, samples_mut};
 use crate::plane::{gaussian_kernel, reflect101};
@@ -200,113 +202,48 @@ fn xdog(luma: &[u8], w: usize, h: usize, p: &OutlineParams) -> Vec<f32> {
     out
 }
 
-/// OpenCV's Canny on a luma image: a boolean edge mask. Gradients and non-maximum suppression run over
-/// bands of rows with band-local buffers (cache-resident); hysteresis runs over the whole image.
+/// OpenCV's Canny on a luma image: a boolean edge mask (see [`crate::canny`]).
 pub(crate) fn canny(luma: &[u8], w: usize, h: usize, low: f32, high: f32) -> Vec<bool> {
-    // OpenCV (L1 gradient): integer thresholds by floor.
-    let low = low.floor() as i32;
-    let high = (high.floor() as i32).max(low);
-    const TG22: i64 = 13573; // tan(22.5°)·2^15
-    let pw = w + 2;
-    // 0 = not an edge, 1 = weak candidate, 2 = strong edge.
-    let mut state = vec![0u8; w * h];
-    state
-        .par_chunks_mut(w * BAND)
+    let e = canny::canny_with(w, h, low, high, |y, dst| {
+        canny::luma_row(luma, w, 1, 1, y, dst)
+    });
+    (0..h)
+        .flat_map(|y| e.row(y).iter().map(|&m| m == canny::EDGE))
+        .collect()
+}
+
+/// Canny outline at thickness 1, straight from the image: luma rows are made inside Canny's bands (no luma
+/// plane), and only the edge pixels are touched afterwards (no line map of floats).
+fn canny_outline_in_place(img: &mut DynamicImage, p: &OutlineParams) {
+    let s = samples_mut(img);
+    let (w, h, cn, colour) = (s.width, s.height, s.channels, s.colour);
+    let data: &mut [u8] = s.data;
+    let e = {
+        let src: &[u8] = data;
+        canny::canny_with(w, h, p.threshold1, p.threshold2, |y, dst| {
+            canny::luma_row(src, w, cn, colour, y, dst)
+        })
+    };
+    // Each edge sample becomes round(v·(1 − strength)), as in the general path with T = 0.
+    let f = 1.0 - p.strength;
+    data.par_chunks_mut(w * cn)
         .enumerate()
-        .for_each(|(band, chunk)| {
-            let y0 = band * BAND;
-            let y1 = (y0 + BAND).min(h);
-            // Gradient rows y0−1 ..= y1 (index j ↔ row y0 − 1 + j); the magnitude is 0 outside the image and
-            // has a zero column on each side.
-            let n = y1 - y0 + 2;
-            // Luma rows y0−2 ..= y1+1, replicated at the image borders (cv::Canny's Sobel uses
-            // BORDER_REPLICATE), with one replicated column on each side.
-            let mut pad = vec![0i16; (n + 2) * pw];
-            for (j, prow) in pad.chunks_exact_mut(pw).enumerate() {
-                let sy = (y0 as isize - 2 + j as isize).clamp(0, h as isize - 1) as usize;
-                let row = &luma[sy * w..][..w];
-                prow[0] = row[0] as i16;
-                for (d, &v) in prow[1..=w].iter_mut().zip(row) {
-                    *d = v as i16;
-                }
-                prow[w + 1] = row[w - 1] as i16;
-            }
-            let mut dx = vec![0i16; n * w];
-            let mut dy = vec![0i16; n * w];
-            let mut mag = vec![0i32; n * pw];
-            for j in 0..n {
-                let y = y0 as isize - 1 + j as isize;
-                if y < 0 || y >= h as isize {
+        .for_each(|(y, row)| {
+            let m = e.row(y);
+            for (mb, rb) in m.chunks(32).zip(row.chunks_mut(32 * cn)) {
+                // Vectorized test first: most blocks have no edge.
+                if mb.iter().fold(0u8, |a, &v| a | (v & canny::EDGE)) == 0 {
                     continue;
                 }
-                let (a, b, c) = (
-                    &pad[j * pw..][..pw],
-                    &pad[(j + 1) * pw..][..pw],
-                    &pad[(j + 2) * pw..][..pw],
-                );
-                // Shifted views of equal length, so the loop has no bounds checks and vectorizes.
-                let (a0, a1, a2) = (&a[..w], &a[1..w + 1], &a[2..w + 2]);
-                let (b0, b2) = (&b[..w], &b[2..w + 2]);
-                let (c0, c1, c2) = (&c[..w], &c[1..w + 1], &c[2..w + 2]);
-                let rx = &mut dx[j * w..][..w];
-                let ry = &mut dy[j * w..][..w];
-                let rm = &mut mag[j * pw + 1..][..w];
-                for x in 0..w {
-                    let gx = (a2[x] + 2 * b2[x] + c2[x]) - (a0[x] + 2 * b0[x] + c0[x]);
-                    let gy = (c0[x] + 2 * c1[x] + c2[x]) - (a0[x] + 2 * a1[x] + a2[x]);
-                    rx[x] = gx;
-                    ry[x] = gy;
-                    rm[x] = gx.unsigned_abs() as i32 + gy.unsigned_abs() as i32;
-                }
-            }
-            for y in y0..y1 {
-                let j = y - y0 + 1;
-                let (up, mid, down) = (
-                    &mag[(j - 1) * pw..][..pw],
-                    &mag[j * pw..][..pw],
-                    &mag[(j + 1) * pw..][..pw],
-                );
-                let (rdx, rdy) = (&dx[j * w..][..w], &dy[j * w..][..w]);
-                let row = &mut chunk[(y - y0) * w..][..w];
-                for x in 0..w {
-                    let v = mid[x + 1];
-                    if v <= low {
-                        continue;
-                    }
-                    let (gx, gy) = (rdx[x] as i64, rdy[x] as i64);
-                    let ax = gx.abs();
-                    let ay = gy.abs() << 15;
-                    let tg22x = ax * TG22;
-                    let is_max = if ay < tg22x {
-                        v > mid[x] && v >= mid[x + 2]
-                    } else if ay > tg22x + (ax << 16) {
-                        v > up[x + 1] && v >= down[x + 1]
-                    } else if (gx ^ gy) < 0 {
-                        v > up[x + 2] && v > down[x]
-                    } else {
-                        v > up[x] && v > down[x + 2]
-                    };
-                    if is_max {
-                        row[x] = if v > high { 2 } else { 1 };
+                for (&mv, px) in mb.iter().zip(rb.chunks_exact_mut(cn)) {
+                    if mv == canny::EDGE {
+                        for v in &mut px[..colour] {
+                            *v = (*v as f32 * f + 0.5) as u8;
+                        }
                     }
                 }
             }
         });
-    // Hysteresis: weak pixels 8-connected to strong ones become edges.
-    let mut stack: Vec<usize> = (0..w * h).filter(|&i| state[i] == 2).collect();
-    while let Some(i) = stack.pop() {
-        let (x, y) = (i % w, i / w);
-        for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
-            for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
-                let j = ny * w + nx;
-                if state[j] == 1 {
-                    state[j] = 2;
-                    stack.push(j);
-                }
-            }
-        }
-    }
-    state.into_iter().map(|s| s == 2).collect()
 }
 
 /// Minimum filter of radius `r` (square window, clamped borders): thickens dark lines.
@@ -395,6 +332,11 @@ pub fn line_map(img: &DynamicImage, p: &OutlineParams) -> Result<Vec<f32>> {
 pub fn outline_in_place(img: &mut DynamicImage, p: &OutlineParams) -> Result<()> {
     crate::pixels::check_nonempty(img)?;
     make_8bit(img);
+    if p.method == OutlineMethod::Canny && p.thickness == 1 {
+        p.validate()?;
+        canny_outline_in_place(img, p);
+        return Ok(());
+    }
     let t = line_map(img, p)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let t = if p.thickness > 1 {

@@ -1,6 +1,7 @@
 //! Golden tests against Pillow and OpenCV: `scripts/imgfx_goldens.py` made the inputs, the reference outputs
 //! and `fixtures/manifest.tsv`; these tests apply the same effect with imgfx and compare with the
-//! issue's tolerances: `exact` (max abs difference 0), `bilateral` (≤ 1 on ≥ 99.9% of samples),
+//! issue's tolerances: `exact` (max abs difference 0; Pillow's tone and kernel effects, and OpenCV's Canny on
+//! Pillow's luma), `bilateral` (≤ 1 on ≥ 99.9% of samples),
 //! `jpeg` (with the `turbojpeg` feature, libjpeg-turbo like Pillow: max abs difference 0; and, with or
 //! without it, the pure-Rust codec: PSNR to the input within 0.5 dB of Pillow's, blockiness within 10%).
 
@@ -198,6 +199,7 @@ fn rgba_colour_matches_rgb_and_alpha_is_kept() {
         "levels:levels=5",
         "flatten:iterations=1",
         "outline",
+        "outline:method=canny,threshold1=50,threshold2=150",
         "jpeg:quality=30,passes=2",
     ] {
         let e: Effect = spec.parse().unwrap();
