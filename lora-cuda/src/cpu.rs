@@ -155,6 +155,28 @@ impl ConvGeom {
     }
 }
 
+/// The output columns `ox` whose input column `ox·stride + k − pad` lies inside `[0, w)`, as a range.
+fn valid_out_range(
+    w: usize,
+    wo: usize,
+    stride: usize,
+    k: usize,
+    pad: usize,
+) -> std::ops::Range<usize> {
+    // ox·s + k ≥ pad  ⇔  ox ≥ ceil((pad − k) / s);  ox·s + k − pad ≤ w − 1  ⇔  ox ≤ (w − 1 + pad − k) / s.
+    let lo = if pad > k {
+        (pad - k).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = if w + pad > k {
+        ((w - 1 + pad - k) / stride + 1).min(wo)
+    } else {
+        0
+    };
+    lo.min(hi)..hi
+}
+
 /// Unfolds one image `x [c, h, w]` into `col [c·kh·kw, ho·wo]` (zeros where the window leaves the image).
 pub fn im2col<T: Real>(x: &[T], g: &ConvGeom, col: &mut [T]) {
     let (ho, wo) = (g.ho(), g.wo());
@@ -164,21 +186,28 @@ pub fn im2col<T: Real>(x: &[T], g: &ConvGeom, col: &mut [T]) {
         let ky = (row / g.kw) % g.kh;
         let kx = row % g.kw;
         let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for oy in 0..ho {
-            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-            let orow = &mut out[oy * wo..(oy + 1) * wo];
-            if iy < 0 || iy >= g.h as isize {
-                orow.iter_mut().for_each(|v| *v = T::ZERO);
+        let ox_ok = valid_out_range(g.w, wo, g.stride, kx, g.pad);
+        let oy_ok = valid_out_range(g.h, ho, g.stride, ky, g.pad);
+        for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
+            if !oy_ok.contains(&oy) {
+                orow.fill(T::ZERO);
                 continue;
             }
-            let xrow = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-            for (ox, o) in orow.iter_mut().enumerate() {
-                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                *o = if ix < 0 || ix >= g.w as isize {
-                    T::ZERO
-                } else {
-                    xrow[ix as usize]
-                };
+            let iy = oy * g.stride + ky - g.pad;
+            let xrow = &xc[iy * g.w..(iy + 1) * g.w];
+            orow[..ox_ok.start].fill(T::ZERO);
+            orow[ox_ok.end..].fill(T::ZERO);
+            if ox_ok.is_empty() {
+                continue;
+            }
+            let ix0 = ox_ok.start * g.stride + kx - g.pad;
+            let dst = &mut orow[ox_ok.clone()];
+            if g.stride == 1 {
+                dst.copy_from_slice(&xrow[ix0..ix0 + dst.len()]);
+            } else {
+                for (o, v) in dst.iter_mut().zip(xrow[ix0..].iter().step_by(g.stride)) {
+                    *o = *v;
+                }
             }
         }
     });
@@ -192,20 +221,27 @@ pub fn col2im<T: Real>(col: &[T], g: &ConvGeom, dx: &mut [T]) {
     dx.par_chunks_mut(g.h * g.w)
         .enumerate()
         .for_each(|(ci, xc)| {
-            xc.iter_mut().for_each(|v| *v = T::ZERO);
+            xc.fill(T::ZERO);
             for k in 0..kk {
                 let ky = k / g.kw;
                 let kx = k % g.kw;
                 let crow = &col[(ci * kk + k) * hw..(ci * kk + k + 1) * hw];
-                for oy in 0..ho {
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    for ox in 0..wo {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            xc[iy as usize * g.w + ix as usize] += crow[oy * wo + ox];
+                let ox_ok = valid_out_range(g.w, wo, g.stride, kx, g.pad);
+                if ox_ok.is_empty() {
+                    continue;
+                }
+                let ix0 = ox_ok.start * g.stride + kx - g.pad;
+                for oy in valid_out_range(g.h, ho, g.stride, ky, g.pad) {
+                    let iy = oy * g.stride + ky - g.pad;
+                    let src = &crow[oy * wo + ox_ok.start..oy * wo + ox_ok.end];
+                    let xrow = &mut xc[iy * g.w..(iy + 1) * g.w];
+                    if g.stride == 1 {
+                        for (d, s) in xrow[ix0..ix0 + src.len()].iter_mut().zip(src) {
+                            *d += *s;
+                        }
+                    } else {
+                        for (d, s) in xrow[ix0..].iter_mut().step_by(g.stride).zip(src) {
+                            *d += *s;
                         }
                     }
                 }
@@ -1046,5 +1082,66 @@ mod tests {
         let l: f64 = col.iter().zip(&cv).map(|(a, b)| a * b).sum();
         let r: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
         assert!((l - r).abs() < 1e-12);
+    }
+
+    /// The element-by-element definition of im2col, to check the sliced fast path against.
+    fn im2col_naive(x: &[f64], g: &ConvGeom) -> Vec<f64> {
+        let (ho, wo) = (g.ho(), g.wo());
+        let mut col = vec![0.0; g.ckk() * ho * wo];
+        for row in 0..g.ckk() {
+            let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                        col[(row * ho + oy) * wo + ox] =
+                            x[(ci * g.h + iy as usize) * g.w + ix as usize];
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    #[test]
+    fn im2col_matches_definition_on_all_small_geometries() {
+        for (h, w) in [(1, 1), (2, 3), (5, 4), (7, 7), (8, 6)] {
+            for k in 1..=4 {
+                for stride in 1..=3 {
+                    for pad in 0..=3 {
+                        if h + 2 * pad < k || w + 2 * pad < k {
+                            continue;
+                        }
+                        let g = ConvGeom {
+                            n: 1,
+                            c: 2,
+                            h,
+                            w,
+                            o: 1,
+                            kh: k,
+                            kw: k,
+                            stride,
+                            pad,
+                        };
+                        let x: Vec<f64> = (0..2 * h * w).map(|v| 1.0 + v as f64).collect();
+                        let mut col = vec![f64::NAN; g.ckk() * g.ho() * g.wo()];
+                        im2col(&x, &g, &mut col);
+                        assert_eq!(col, im2col_naive(&x, &g), "h{h} w{w} k{k} s{stride} p{pad}");
+                        // col2im is im2col's adjoint: <im2col(x), c> == <x, col2im(c)>.
+                        let cv: Vec<f64> =
+                            (0..col.len()).map(|v| (v as f64 * 0.11).cos()).collect();
+                        let mut back = vec![f64::NAN; x.len()];
+                        col2im(&cv, &g, &mut back);
+                        let l: f64 = col.iter().zip(&cv).map(|(a, b)| a * b).sum();
+                        let r: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+                        assert!(
+                            (l - r).abs() < 1e-9 * l.abs().max(1.0),
+                            "adjoint h{h} w{w} k{k} s{stride} p{pad}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
