@@ -27,6 +27,8 @@
 //! - Bit-exact to Pillow: [`contrast`] (`ImageEnhance.Contrast`), [`autocontrast`] (`ImageOps.autocontrast`),
 //!   [`posterize`] (`ImageOps.posterize`) and the kernel filters ([`pillow_filter`]: `ImageFilter.BLUR`,
 //!   `CONTOUR`, ...), including Pillow's 32-bit float arithmetic and its unfiltered border.
+//! - Bit-exact to OpenCV: the Canny outline ([`outline()`] with [`OutlineMethod::Canny`]: `cv2.Canny` with
+//!   the L1 gradient on Pillow's luma).
 //! - OpenCV's `bilateralFilter` semantics ([`bilateral`], used by [`flatten()`]): within 1 of OpenCV on ≥ 99.9%
 //!   of samples (OpenCV's SIMD path sums in another order).
 //! - [`jpeg_noise`]: bit-identical to Pillow's `save(..., "JPEG", quality=q)` + decode with the default
