@@ -6,7 +6,7 @@
 //! ```
 //! It writes two SD1 rank-64 LoRAs (fp16), a full-size SD1-shaped fp16 checkpoint (~2.1 GB), a merged copy
 //! and the tools' outputs into a temporary folder, which it deletes at the end. `--quick` skips the two
-//! checkpoint benchmarks.
+//! checkpoint benchmarks; `--keep` keeps the folder (for profiling the tools on the same files).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -177,6 +177,7 @@ fn mb(p: &Path) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let keep = args.iter().any(|a| a == "--keep");
     let base = args
         .iter()
         .position(|a| a == "--dir")
@@ -360,5 +361,9 @@ fn main() {
     if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
         println!("(load average during the run: {})", l.trim());
     }
-    std::fs::remove_dir_all(&dir).ok();
+    if keep {
+        eprintln!("kept the files in {}", dir.display());
+    } else {
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -83,7 +83,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let loras = a
         .models
         .iter()
-        .map(LoraFile::load)
+        .map(lora_ops::LoraSource::open)
         .collect::<Result<Vec<_>, _>>()?;
     let title = a
         .save_to
@@ -112,6 +112,10 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 },
                 no_metadata: a.no_metadata,
             };
+            let loras = loras
+                .iter()
+                .map(|l| l.to_lora_file())
+                .collect::<Result<Vec<_>, _>>()?;
             let pairs: Vec<(&LoraFile, f32)> = loras.iter().zip(ratios.iter().copied()).collect();
             let bar = ProgressBar::new(0).with_style(
                 ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
@@ -135,7 +139,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         None => {
-            let refs: Vec<&LoraFile> = loras.iter().collect();
+            let refs: Vec<&lora_ops::LoraSource> = loras.iter().collect();
             let opts = LoraMergeOptions {
                 ratios,
                 concat: a.concat,
@@ -155,12 +159,9 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .add_to(&mut out.metadata);
             }
             let precision = a.save_precision.unwrap_or(a.precision);
-            out.save(&a.save_to, precision, &SaveOptions::default())?;
-            eprintln!(
-                "merged {} modules into {}",
-                out.modules.len(),
-                a.save_to.display()
-            );
+            let n = out.modules.len();
+            lora_ops::save_streamed(out, &a.save_to, precision, &SaveOptions::default())?;
+            eprintln!("merged {} modules into {}", n, a.save_to.display());
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use indicatif::ProgressBar;
-use lora_core::{LoraFile, SaveOptions, SavePrecision};
+use lora_core::{SaveOptions, SavePrecision};
 use lora_ops::{resize, DynamicMethod, ResizeOptions};
 
 #[derive(Parser, Debug)]
@@ -66,14 +66,16 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = a.device;
     let bar = ProgressBar::new_spinner().with_message(format!("resizing {}", a.model.display()));
     bar.enable_steady_tick(Duration::from_millis(120));
-    let lora = LoraFile::load(&a.model)?;
+    // Mapped, converted module by module: peak memory stays near the file size.
+    let lora = lora_ops::LoraSource::open(&a.model)?;
     let opts = ResizeOptions {
         new_rank: a.new_rank,
         new_conv_rank: a.new_conv_rank,
         dynamic,
     };
     let (out, report) = resize(&lora, &opts)?;
-    out.save(
+    lora_ops::save_streamed(
+        out,
         &a.save_to,
         a.save_precision.unwrap_or(SavePrecision::Float),
         &SaveOptions::default(),

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use indicatif::ProgressBar;
-use lora_core::{LoraFile, SaveOptions, SavePrecision};
+use lora_core::{SaveOptions, SavePrecision};
 use lora_ops::modelspec::{merged_from, ModelSpec};
+use lora_ops::LoraSource;
 use lora_ops::{svd_merge, SvdMergeOptions};
 
 #[derive(Parser, Debug)]
@@ -57,9 +58,9 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let loras = a
         .models
         .iter()
-        .map(LoraFile::load)
+        .map(LoraSource::open)
         .collect::<Result<Vec<_>, _>>()?;
-    let refs: Vec<&LoraFile> = loras.iter().collect();
+    let refs: Vec<&LoraSource> = loras.iter().collect();
     let ratios = if a.ratios.is_empty() {
         vec![1.0; refs.len()]
     } else {
@@ -100,13 +101,10 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         alpha_dtype: lora_core::AlphaDtype::I64,
         ..SaveOptions::default()
     };
-    out.save(&a.save_to, precision, &save)?;
+    let n = out.modules.len();
+    lora_ops::save_streamed(out, &a.save_to, precision, &save)?;
     bar.finish_and_clear();
-    eprintln!(
-        "merged {} modules into {}",
-        out.modules.len(),
-        a.save_to.display()
-    );
+    eprintln!("merged {} modules into {}", n, a.save_to.display());
     Ok(())
 }
 

@@ -94,14 +94,16 @@ pub(crate) fn round_value(v: f32, p: SavePrecision) -> f32 {
 }
 
 /// The `v2` and `ss_base_model_version` strings of the first input that has them (§2.3).
-pub(crate) fn first_v2_and_base(
-    loras: &[&lora_core::LoraFile],
+pub(crate) fn first_v2_and_base<S: crate::source::ModuleSource + ?Sized>(
+    loras: &[&S],
 ) -> (Option<String>, Option<String>) {
     let v2 = loras
         .iter()
-        .find_map(|l| l.metadata.get("ss_v2").map(str::to_string));
-    let base = loras
-        .iter()
-        .find_map(|l| l.metadata.get("ss_base_model_version").map(str::to_string));
+        .find_map(|l| l.metadata().get("ss_v2").map(str::to_string));
+    let base = loras.iter().find_map(|l| {
+        l.metadata()
+            .get("ss_base_model_version")
+            .map(str::to_string)
+    });
     (v2, base)
 }

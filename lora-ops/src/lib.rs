@@ -66,7 +66,9 @@ pub mod modelspec;
 pub mod module;
 pub mod rank;
 pub mod resize;
+pub mod save;
 pub mod shape;
+pub mod source;
 pub mod svd_merge;
 
 pub use common::SingleThreadedBlas;
@@ -76,4 +78,6 @@ pub use lora_merge::{merge_loras, LoraMergeOptions};
 pub use model_merge::{merge_into_checkpoint, ModelFamily, ModelMergeOptions, ModelMergeReport};
 pub use rank::{DynamicMethod, RankRule};
 pub use resize::{resize, ResizeOptions, ResizeReport};
+pub use save::save_streamed;
+pub use source::{LoraSource, ModuleSource};
 pub use svd_merge::{svd_merge, SvdMergeOptions};

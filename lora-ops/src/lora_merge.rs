@@ -7,6 +7,7 @@ use ndarray::{concatenate, ArrayD, Axis};
 
 use crate::common::{first_v2_and_base, round_to_precision, round_value};
 use crate::error::{Error, Result};
+use crate::source::ModuleSource;
 
 /// Options of [`merge_loras`].
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +46,11 @@ struct Acc {
 /// `concat` the rows/columns stacked. Alpha = `base_alpha`. This reproduces the reference exactly,
 /// including its quirks: the ratio acts squared with its sign (`ratio·|ratio|`), cross terms `Uᵢ·Dⱼ` remain
 /// in sum mode, and concat keeps `base_alpha` against the summed rank.
-pub fn merge_loras(loras: &[&LoraFile], opts: &LoraMergeOptions) -> Result<LoraFile> {
+/// Inputs are [`LoraFile`]s or [`LoraSource`](crate::LoraSource)s (read module by module).
+pub fn merge_loras<S: ModuleSource + ?Sized>(
+    loras: &[&S],
+    opts: &LoraMergeOptions,
+) -> Result<LoraFile> {
     if loras.is_empty() || loras.len() != opts.ratios.len() {
         return Err(Error::InvalidArgument(format!(
             "{} models but {} ratios: give one ratio per model",
@@ -55,22 +60,21 @@ pub fn merge_loras(loras: &[&LoraFile], opts: &LoraMergeOptions) -> Result<LoraF
     }
     let mut merged: BTreeMap<String, Acc> = BTreeMap::new();
     for (lora, &ratio) in loras.iter().zip(&opts.ratios) {
-        for m in &lora.modules {
-            let m: &LoraModule = m;
-            let mut down = m.down.clone();
-            let mut up = m.up.clone();
+        for j in 0..lora.len() {
+            let m: LoraModule = lora.module(j)?.into_owned();
+            let (mut down, mut up) = (m.down, m.up);
             round_to_precision(&mut down, opts.precision);
             round_to_precision(&mut up, opts.precision);
             let alpha = m
                 .alpha
                 .map(|a| round_value(a, opts.precision))
-                .unwrap_or(m.rank() as f32);
+                .unwrap_or(down.shape()[0] as f32);
             let acc = merged.entry(m.name.clone()).or_insert_with(|| Acc {
                 down: ArrayD::zeros(ndarray::IxDyn(&[0])),
                 up: ArrayD::zeros(ndarray::IxDyn(&[0])),
                 base_alpha: alpha,
                 alpha_from_file: m.alpha.is_some(),
-                base_dim: m.rank(),
+                base_dim: down.shape()[0],
             });
             // Python: math.sqrt(alpha / base_alpha) * ratio, in double.
             let s = ((alpha as f64 / acc.base_alpha as f64).sqrt() * ratio as f64) as f32;

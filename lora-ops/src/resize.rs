@@ -1,6 +1,8 @@
 //! `resize_lora.py` (spec §4): change the rank of every module with an exact SVD of `up·down`.
 
 use lora_core::{py_float_repr, LoraFile, LoraModule};
+
+use crate::source::ModuleSource;
 use rayon::prelude::*;
 
 use crate::common::{module_from_factors, module_views, SingleThreadedBlas};
@@ -131,8 +133,12 @@ impl ResizeReport {
 /// Resizes every module of `lora` (the user-level call). Returns the new LoRA, with the input's metadata
 /// updated as §4.6 says (no modelspec added), and the statistics.
 ///
-/// Modules are processed in parallel (rayon; OpenBLAS single-threaded meanwhile).
-pub fn resize(lora: &LoraFile, opts: &ResizeOptions) -> Result<(LoraFile, ResizeReport)> {
+/// `lora` is a [`LoraFile`] or a [`LoraSource`](crate::LoraSource) (read module by module). Modules are
+/// processed in parallel (rayon; OpenBLAS single-threaded meanwhile).
+pub fn resize<S: ModuleSource + ?Sized>(
+    lora: &S,
+    opts: &ResizeOptions,
+) -> Result<(LoraFile, ResizeReport)> {
     opts.validate()?;
     let conv_rank = opts.new_conv_rank.unwrap_or(opts.new_rank);
     let rule = match opts.dynamic {
@@ -140,10 +146,11 @@ pub fn resize(lora: &LoraFile, opts: &ResizeOptions) -> Result<(LoraFile, Resize
         Some((m, p)) => RankRule::Dynamic(m, p as f32),
     };
     let _blas = SingleThreadedBlas::new();
-    let results: Vec<Result<(LoraModule, ModuleReport)>> = lora
-        .modules
-        .par_iter()
-        .map(|m| {
+    let results: Vec<Result<(LoraModule, ModuleReport)>> = (0..lora.len())
+        .into_par_iter()
+        .map(|i| {
+            let m = lora.module(i)?;
+            let m: &LoraModule = &m;
             let (shape, up, down) = module_views(m)?;
             let max_rank = if shape.is_conv() {
                 conv_rank
@@ -173,7 +180,7 @@ pub fn resize(lora: &LoraFile, opts: &ResizeOptions) -> Result<(LoraFile, Resize
         modules: reports,
         dynamic: opts.dynamic.is_some(),
     };
-    let mut meta = lora.metadata.clone();
+    let mut meta = lora.metadata().clone();
     let comment = meta.get("ss_training_comment").unwrap_or("").to_string();
     let old_dim = report.old_dim();
     match opts.dynamic {

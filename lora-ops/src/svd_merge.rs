@@ -12,6 +12,7 @@ use crate::common::{
 use crate::error::{Error, Result};
 use crate::module::{svd_merge_factors, WeightedFactors, Workspace};
 use crate::shape::ModuleShape;
+use crate::source::ModuleSource;
 
 /// Options of [`svd_merge`], with `svd_merge_lora.py`'s flags.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +46,12 @@ impl Default for SvdMergeOptions {
 ///
 /// Per module: `ΔW = Σᵢ ratioᵢ·(alphaᵢ/rᵢ)·Uᵢ·Dᵢ`, exactly factorised without forming `ΔW`; rank
 /// `min(new_rank or new_conv_rank for 3x3, in_channels, out_channels)`; `up = U·S`, `down = Vt`; clamp at the
-/// 0.99 quantile. Modules present in only some inputs are merged from those.
-pub fn svd_merge(loras: &[&LoraFile], opts: &SvdMergeOptions) -> Result<LoraFile> {
+/// 0.99 quantile. Modules present in only some inputs are merged from those. Inputs are [`LoraFile`]s or
+/// [`LoraSource`](crate::LoraSource)s (read module by module).
+pub fn svd_merge<S: ModuleSource + ?Sized>(
+    loras: &[&S],
+    opts: &SvdMergeOptions,
+) -> Result<LoraFile> {
     if loras.is_empty() || loras.len() != opts.ratios.len() {
         return Err(Error::InvalidArgument(format!(
             "{} models but {} ratios: give one ratio per model",
@@ -60,11 +65,11 @@ pub fn svd_merge(loras: &[&LoraFile], opts: &SvdMergeOptions) -> Result<LoraFile
         ));
     }
     let conv_rank = opts.new_conv_rank.unwrap_or(opts.new_rank);
-    // Module name → (model index, module), in model order.
-    let mut by_name: BTreeMap<&str, Vec<(usize, &LoraModule)>> = BTreeMap::new();
+    // Module name → (model index, module index), in model order.
+    let mut by_name: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
     for (i, l) in loras.iter().enumerate() {
-        for m in &l.modules {
-            by_name.entry(m.name.as_str()).or_default().push((i, m));
+        for j in 0..l.len() {
+            by_name.entry(l.name(j)).or_default().push((i, j));
         }
     }
     let _blas = SingleThreadedBlas::new();
@@ -73,13 +78,13 @@ pub fn svd_merge(loras: &[&LoraFile], opts: &SvdMergeOptions) -> Result<LoraFile
         .par_iter()
         .map_init(Workspace::new, |ws, (name, inputs)| {
             let mut rounded: Vec<(ModuleShape, LoraModule, f32)> = Vec::with_capacity(inputs.len());
-            for (i, m) in inputs {
-                let mut m = (*m).clone();
+            for &(i, j) in inputs {
+                let mut m = loras[i].module(j)?.into_owned();
                 round_to_precision(&mut m.up, opts.precision);
                 round_to_precision(&mut m.down, opts.precision);
                 let r = m.rank() as f32;
                 let alpha = m.alpha.unwrap_or(r);
-                let coef = opts.ratios[*i] * (alpha / r);
+                let coef = opts.ratios[i] * (alpha / r);
                 let (shape, _, _) = module_views(&m)?;
                 rounded.push((shape, m, coef));
             }

@@ -1,0 +1,79 @@
+//! Writing a result without holding it twice: [`save_streamed`] encodes a [`LoraFile`] module by module
+//! (each module's `f32` arrays are dropped as soon as its bytes exist), so the peak is about the `f32`
+//! result instead of `f32` + encoded bytes + the re-read copy that [`LoraFile::save`] holds at once.
+
+use std::path::Path;
+
+use lora_core::hash::{sshs_hashes, SshsHashes};
+use lora_core::{
+    write_safetensors, LoraFile, Metadata, SafetensorsFile, SaveOptions, SavePrecision,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::Result;
+use crate::source::release_pages;
+
+/// Writes `lora` like [`LoraFile::save`] (same bytes, metadata and `sshs_*` hashes; atomic; the written data
+/// re-hashed and compared before the file is put in place), consuming it to bound peak memory.
+pub fn save_streamed(
+    lora: LoraFile,
+    path: impl AsRef<Path>,
+    precision: SavePrecision,
+    opts: &SaveOptions,
+) -> Result<SshsHashes> {
+    let path = path.as_ref();
+    let LoraFile { modules, metadata } = lora;
+    let mut tensors = Vec::with_capacity(modules.len() * 3);
+    for m in modules {
+        // One module at a time through lora-core's own encoder (dtype, alpha dtype, overflow checks).
+        let one = LoraFile {
+            modules: vec![m],
+            metadata: Metadata::new(),
+        };
+        tensors.extend(one.to_tensors(path, precision, opts)?);
+    }
+    let mut meta = metadata;
+    let hashes = sshs_hashes(&tensors, &meta)?;
+    if opts.hashes {
+        meta.insert("sshs_model_hash", hashes.model_hash.clone());
+        meta.insert("sshs_legacy_hash", hashes.legacy_hash.clone());
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".lora-ops-")
+        .suffix(".safetensors")
+        .tempfile_in(&dir)
+        .map_err(|source| lora_core::Error::Io {
+            file: path.into(),
+            source,
+        })?;
+    write_safetensors(tmp.path(), &tensors, &meta)?;
+    drop(tensors);
+    // Re-hash what reached the disk, chunk by chunk, releasing the mapped pages as we go.
+    let written = SafetensorsFile::open(tmp.path())?;
+    let mut h = Sha256::new();
+    for chunk in written.data_section().chunks(4 << 20) {
+        h.update(chunk);
+        release_pages(chunk);
+    }
+    let actual: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    drop(written);
+    if actual != hashes.model_hash {
+        return Err(lora_core::Error::Write {
+            file: path.into(),
+            message: format!(
+                "data written hashes to {actual}, expected {}",
+                hashes.model_hash
+            ),
+        }
+        .into());
+    }
+    tmp.persist(path).map_err(|e| lora_core::Error::Io {
+        file: path.into(),
+        source: e.error,
+    })?;
+    Ok(hashes)
+}

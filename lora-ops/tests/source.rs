@@ -1,0 +1,104 @@
+//! The streaming paths the tools use ([`LoraSource`], [`save_streamed`]) give exactly what the in-memory
+//! paths ([`LoraFile::load`], [`LoraFile::save`]) give.
+
+use std::path::PathBuf;
+
+use lora_core::{AlphaDtype, LoraFile, SafetensorsFile, SaveOptions, SavePrecision};
+use lora_ops::{
+    merge_loras, resize, save_streamed, svd_merge, LoraMergeOptions, LoraSource, ModuleSource,
+    ResizeOptions, SvdMergeOptions,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+#[test]
+fn source_loads_what_lora_file_loads() {
+    for name in [
+        "sds_in_a.safetensors",
+        "golden_in_b.safetensors",
+        "sds_svd_merge.safetensors",
+    ] {
+        let src = LoraSource::open(fixture(name)).unwrap();
+        let file = LoraFile::load(fixture(name)).unwrap();
+        assert_eq!(src.len(), file.modules.len());
+        assert_eq!(src.to_lora_file().unwrap(), file, "{name}");
+    }
+}
+
+#[test]
+fn operations_agree_on_both_sources() {
+    let (sa, sb) = (
+        LoraSource::open(fixture("sds_in_a.safetensors")).unwrap(),
+        LoraSource::open(fixture("sds_in_b.safetensors")).unwrap(),
+    );
+    let (fa, fb) = (sa.to_lora_file().unwrap(), sb.to_lora_file().unwrap());
+    let ro = ResizeOptions {
+        new_rank: 3,
+        ..Default::default()
+    };
+    assert_eq!(resize(&sa, &ro).unwrap(), resize(&fa, &ro).unwrap());
+    let so = SvdMergeOptions {
+        ratios: vec![1.0, -0.5],
+        new_rank: 5,
+        ..Default::default()
+    };
+    assert_eq!(
+        svd_merge(&[&sa, &sb], &so).unwrap(),
+        svd_merge(&[&fa, &fb], &so).unwrap()
+    );
+    let mo = LoraMergeOptions {
+        ratios: vec![0.3, 1.0],
+        ..Default::default()
+    };
+    assert_eq!(
+        merge_loras(&[&sa, &sb], &mo).unwrap(),
+        merge_loras(&[&fa, &fb], &mo).unwrap()
+    );
+}
+
+#[test]
+fn save_streamed_writes_what_save_writes() {
+    let lora = LoraFile::load(fixture("sds_in_a.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (precision, alpha) in [
+        (SavePrecision::Fp16, AlphaDtype::SameAsWeights),
+        (SavePrecision::Float, AlphaDtype::F32),
+        (SavePrecision::Bf16, AlphaDtype::SameAsWeights),
+    ] {
+        let opts = SaveOptions {
+            alpha_dtype: alpha,
+            ..SaveOptions::default()
+        };
+        let (p1, p2) = (
+            dir.path().join("a.safetensors"),
+            dir.path().join("b.safetensors"),
+        );
+        let h1 = lora.save(&p1, precision, &opts).unwrap();
+        let h2 = save_streamed(lora.clone(), &p2, precision, &opts).unwrap();
+        assert_eq!(h1, h2);
+        let (f1, f2) = (
+            SafetensorsFile::open(&p1).unwrap(),
+            SafetensorsFile::open(&p2).unwrap(),
+        );
+        assert_eq!(f1.data_section(), f2.data_section());
+        assert_eq!(
+            f1.metadata().get("sshs_model_hash"),
+            f2.metadata().get("sshs_model_hash")
+        );
+        assert_eq!(
+            f1.metadata().get("sshs_legacy_hash"),
+            f2.metadata().get("sshs_legacy_hash")
+        );
+        assert_eq!(f1.metadata().len(), f2.metadata().len());
+    }
+    // A value that does not fit the save dtype is refused, and no file is left behind.
+    let mut bad = lora.clone();
+    bad.modules[0].up[[0, 0]] = 1e6; // overflows fp16
+    let p = dir.path().join("bad.safetensors");
+    assert!(save_streamed(bad, &p, SavePrecision::Fp16, &SaveOptions::default()).is_err());
+    assert!(!p.exists(), "no partial output");
+}
