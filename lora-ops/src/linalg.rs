@@ -146,6 +146,55 @@ impl Basis {
     }
 }
 
+/// The upper triangle of `aᵀ·a` (`r × r`) for a standard-layout `a` (`m × r`), by one `dsyrk` (half the
+/// work of a general product); the strict lower triangle is left zero (the Cholesky reads the upper one).
+fn gram_upper(a: &Array2<f64>) -> Array2<f64> {
+    extern "C" {
+        fn cblas_dsyrk(
+            order: i32,
+            uplo: i32,
+            trans: i32,
+            n: i32,
+            k: i32,
+            alpha: f64,
+            a: *const f64,
+            lda: i32,
+            beta: f64,
+            c: *mut f64,
+            ldc: i32,
+        );
+    }
+    const ROW_MAJOR: i32 = 101;
+    const UPPER: i32 = 121;
+    const TRANS: i32 = 112;
+    let (m, r) = a.dim();
+    let mut c = Array2::<f64>::zeros((r, r));
+    let (Some(src), Some(dst)) = (a.as_slice(), c.as_slice_mut()) else {
+        return a.t().dot(a);
+    };
+    if m > i32::MAX as usize || r > i32::MAX as usize {
+        return a.t().dot(a);
+    }
+    // SAFETY: `src` is `m × r` row-major (lda = r), `dst` is `r × r` row-major (ldc = r); cblas_dsyrk
+    // reads `src` and writes the upper triangle of `dst` only, within those bounds.
+    unsafe {
+        cblas_dsyrk(
+            ROW_MAJOR,
+            UPPER,
+            TRANS,
+            r as i32,
+            m as i32,
+            1.0,
+            src.as_ptr(),
+            r as i32,
+            0.0,
+            dst.as_mut_ptr(),
+            r as i32,
+        );
+    }
+    c
+}
+
 /// Cholesky QR of `a` (`m × r`, `m ≥ r`): `R` with `aᵀa = RᵀR`, the Gram matrix formed in `f64`. `None`
 /// when `a` is rank-deficient or too ill-conditioned for `Q = a·R⁻¹` to stay orthonormal in `f32`
 /// (diagonal of `R` spread over more than 1e3), so that the caller falls back to Householder QR.
@@ -157,9 +206,14 @@ fn cholesky_r(a: ArrayView2<f32>) -> Option<Array2<f64>> {
     if m < r || r == 0 {
         return None;
     }
-    let a64 = a.mapv(|v| v as f64);
-    let gram = a64.t().dot(&a64);
-    let rr = gram.cholesky(UPLO::Upper).ok()?;
+    let a64 = a.as_standard_layout().mapv(|v| v as f64);
+    let gram = gram_upper(&a64);
+    let mut rr = gram.cholesky(UPLO::Upper).ok()?;
+    for i in 0..r {
+        for j in 0..i {
+            rr[[i, j]] = 0.0;
+        }
+    }
     let d: Vec<f64> = rr.diag().iter().map(|v| v.abs()).collect();
     let (lo, hi) = d.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
         (lo.min(v), hi.max(v))
