@@ -350,19 +350,57 @@ pub fn outline_in_place(img: &mut DynamicImage, p: &OutlineParams) -> Result<()>
     s.data
         .par_chunks_mut(cn * w)
         .zip(t.par_chunks(w))
-        .for_each(|(row, trow)| {
-            for (px, &tv) in row.chunks_exact_mut(cn).zip(trow) {
-                if tv >= 1.0 {
-                    continue; // no line here (most pixels)
-                }
-                let f = 1.0 - strength * (1.0 - tv.max(0.0));
-                for v in &mut px[..colour] {
-                    // f in [0, 1]: v·f + 0.5 lies in [0, 255.5]; truncating rounds half up, no libm call
-                    *v = (*v as f32 * f + 0.5) as u8;
-                }
-            }
-        });
+        .for_each(|(row, trow)| multiply_row(row, trow, cn, colour, strength));
     Ok(())
+}
+
+/// Multiplies a line-map row into a row of pixels: each colour sample becomes `round(v·f)` with
+/// `f = 1 − strength·(1 − clamp(T, 0, 1))`. Blocks of 16 pixels without lines are skipped after one
+/// vectorized test; inside other blocks the rule is branch-free (where `T ≥ 1`, `f = 1` and `v` is
+/// unchanged). An AVX2 build of the same code is chosen at run time.
+fn multiply_row(row: &mut [u8], trow: &[f32], cn: usize, colour: usize, strength: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present, checked just above.
+        unsafe { multiply_row_avx2(row, trow, cn, colour, strength) };
+        return;
+    }
+    multiply_row_generic(row, trow, cn, colour, strength)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn multiply_row_avx2(row: &mut [u8], trow: &[f32], cn: usize, colour: usize, strength: f32) {
+    multiply_row_generic(row, trow, cn, colour, strength)
+}
+
+#[inline(always)]
+fn multiply_row_generic(row: &mut [u8], trow: &[f32], cn: usize, colour: usize, strength: f32) {
+    match (cn, colour) {
+        (1, _) => multiply_px::<1, 1>(row, trow, strength),
+        (2, _) => multiply_px::<2, 1>(row, trow, strength),
+        (3, _) => multiply_px::<3, 3>(row, trow, strength),
+        _ => multiply_px::<4, 3>(row, trow, strength),
+    }
+}
+
+#[inline(always)]
+fn multiply_px<const CN: usize, const COLOUR: usize>(row: &mut [u8], trow: &[f32], strength: f32) {
+    const BLOCK: usize = 16;
+    for (pb, tb) in row.chunks_mut(BLOCK * CN).zip(trow.chunks(BLOCK)) {
+        // Sparse line maps (XDoG, Canny) are mostly 1: skip blocks without lines (a NaN is a line).
+        if tb.iter().fold(true, |all, &v| all & (v >= 1.0)) {
+            continue;
+        }
+        for (px, &tv) in pb.chunks_exact_mut(CN).zip(tb) {
+            // max then min: a NaN line value counts as 0 (a full line), as max(NaN, 0) = 0.
+            let f = 1.0 - strength * (1.0 - tv.max(0.0).min(1.0));
+            for v in &mut px[..COLOUR] {
+                // f in [0, 1]: v·f + 0.5 lies in [0, 255.5]; truncating rounds half up, no libm call
+                *v = (*v as f32 * f + 0.5) as u8;
+            }
+        }
+    }
 }
 
 /// Outline; see [`outline_in_place`].
@@ -384,6 +422,51 @@ mod tests {
                 image::Rgb([220, 220, 220])
             }
         }))
+    }
+
+    #[test]
+    fn branch_free_multiply_equals_the_per_pixel_rule() {
+        let ts = [
+            -0.5f32,
+            0.0,
+            1e-7,
+            0.25,
+            0.5,
+            0.999_999,
+            1.0,
+            1.000_001,
+            3.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        for (cn, colour) in [(1usize, 1usize), (2, 1), (3, 3), (4, 3)] {
+            for strength in [0.0f32, 0.3, 1.0] {
+                // Line values in the first 37 pixels, then a block of 1s (skipped), then a lone NaN.
+                let n = 70;
+                let trow: Vec<f32> = (0..n)
+                    .map(|i| match i {
+                        0..37 => ts[i % ts.len()],
+                        68 => f32::NAN,
+                        _ => 1.0,
+                    })
+                    .collect();
+                let row: Vec<u8> = (0..n * cn).map(|i| (i * 53 % 256) as u8).collect();
+                let mut got = row.clone();
+                multiply_row(&mut got, &trow, cn, colour, strength);
+                let mut want = row.clone();
+                for (px, &tv) in want.chunks_exact_mut(cn).zip(&trow) {
+                    if tv >= 1.0 {
+                        continue;
+                    }
+                    let f = 1.0 - strength * (1.0 - tv.max(0.0));
+                    for v in &mut px[..colour] {
+                        *v = (*v as f32 * f + 0.5).floor() as u8;
+                    }
+                }
+                assert_eq!(got, want, "cn {cn}, strength {strength}");
+            }
+        }
     }
 
     #[test]
