@@ -393,7 +393,8 @@ fn multiply_px<const CN: usize, const COLOUR: usize>(row: &mut [u8], trow: &[f32
             continue;
         }
         for (px, &tv) in pb.chunks_exact_mut(CN).zip(tb) {
-            // max then min: a NaN line value counts as 0 (a full line), as max(NaN, 0) = 0.
+            // max then min, not clamp: a NaN line value counts as 0 (a full line), as max(NaN, 0) = 0.
+            #[allow(clippy::manual_clamp)]
             let f = 1.0 - strength * (1.0 - tv.max(0.0).min(1.0));
             for v in &mut px[..COLOUR] {
                 // f in [0, 1]: v·f + 0.5 lies in [0, 255.5]; truncating rounds half up, no libm call
