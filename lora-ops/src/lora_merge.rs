@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use lora_core::{py_float_repr, LoraFile, LoraModule, Metadata, SavePrecision};
 use ndarray::{concatenate, ArrayD, Axis};
+use rayon::prelude::*;
 
 use crate::common::{first_v2_and_base, round_to_precision, round_value};
 use crate::error::{Error, Result};
@@ -58,59 +59,19 @@ pub fn merge_loras<S: ModuleSource + ?Sized>(
             opts.ratios.len()
         )));
     }
-    let mut merged: BTreeMap<String, Acc> = BTreeMap::new();
-    for (lora, &ratio) in loras.iter().zip(&opts.ratios) {
-        for j in 0..lora.len() {
-            let m: LoraModule = lora.module(j)?.into_owned();
-            let (mut down, mut up) = (m.down, m.up);
-            round_to_precision(&mut down, opts.precision);
-            round_to_precision(&mut up, opts.precision);
-            let alpha = m
-                .alpha
-                .map(|a| round_value(a, opts.precision))
-                .unwrap_or(down.shape()[0] as f32);
-            let acc = merged.entry(m.name.clone()).or_insert_with(|| Acc {
-                down: ArrayD::zeros(ndarray::IxDyn(&[0])),
-                up: ArrayD::zeros(ndarray::IxDyn(&[0])),
-                base_alpha: alpha,
-                alpha_from_file: m.alpha.is_some(),
-                base_dim: down.shape()[0],
-            });
-            // Python: math.sqrt(alpha / base_alpha) * ratio, in double.
-            let s = ((alpha as f64 / acc.base_alpha as f64).sqrt() * ratio as f64) as f32;
-            down.mapv_inplace(|v| v * s);
-            up.mapv_inplace(|v| v * s.abs());
-            if acc.down.is_empty() {
-                acc.down = down;
-                acc.up = up;
-            } else if opts.concat {
-                if acc.down.shape()[1..] != down.shape()[1..] || acc.up.shape()[0] != up.shape()[0]
-                {
-                    return Err(Error::shape(
-                        &m.name,
-                        "models disagree on the module's weight shape",
-                    ));
-                }
-                acc.down = concatenate(Axis(0), &[acc.down.view(), down.view()])
-                    .map_err(|e| Error::shape(&m.name, e.to_string()))?;
-                acc.up = concatenate(Axis(1), &[acc.up.view(), up.view()])
-                    .map_err(|e| Error::shape(&m.name, e.to_string()))?;
-            } else {
-                if acc.down.shape() != down.shape() || acc.up.shape() != up.shape() {
-                    return Err(Error::shape(
-                        &m.name,
-                        format!(
-                            "cannot sum modules of different shapes ({:?} vs {:?}); use --concat for different ranks",
-                            acc.down.shape(),
-                            down.shape()
-                        ),
-                    ));
-                }
-                acc.down += &down;
-                acc.up += &up;
-            }
+    // Module name → (model index, module index), in model order; modules are merged in parallel.
+    let mut by_name: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
+    for (i, l) in loras.iter().enumerate() {
+        for j in 0..l.len() {
+            by_name.entry(l.name(j)).or_default().push((i, j));
         }
     }
+    let entries: Vec<_> = by_name.into_iter().collect();
+    let merged: Vec<Result<(String, Acc)>> = entries
+        .par_iter()
+        .map(|(name, inputs)| merge_module(loras, inputs, opts).map(|acc| (name.to_string(), acc)))
+        .collect();
+    let merged = merged.into_iter().collect::<Result<Vec<_>>>()?;
     let mut modules = Vec::with_capacity(merged.len());
     let mut dims = Vec::new();
     let mut alphas = Vec::new();
@@ -150,4 +111,64 @@ pub fn merge_loras<S: ModuleSource + ?Sized>(
         None,
     );
     Ok(LoraFile::new(modules, meta))
+}
+
+/// One module of [`merge_loras`]: the inputs that have it, in model order.
+fn merge_module<S: ModuleSource + ?Sized>(
+    loras: &[&S],
+    inputs: &[(usize, usize)],
+    opts: &LoraMergeOptions,
+) -> Result<Acc> {
+    let mut acc: Option<Acc> = None;
+    for &(i, j) in inputs {
+        let ratio = opts.ratios[i];
+        let m: LoraModule = loras[i].module(j)?.into_owned();
+        let (mut down, mut up) = (m.down, m.up);
+        round_to_precision(&mut down, opts.precision);
+        round_to_precision(&mut up, opts.precision);
+        let alpha = m
+            .alpha
+            .map(|a| round_value(a, opts.precision))
+            .unwrap_or(down.shape()[0] as f32);
+        let acc = acc.get_or_insert_with(|| Acc {
+            down: ArrayD::zeros(ndarray::IxDyn(&[0])),
+            up: ArrayD::zeros(ndarray::IxDyn(&[0])),
+            base_alpha: alpha,
+            alpha_from_file: m.alpha.is_some(),
+            base_dim: down.shape()[0],
+        });
+        // Python: math.sqrt(alpha / base_alpha) * ratio, in double.
+        let s = ((alpha as f64 / acc.base_alpha as f64).sqrt() * ratio as f64) as f32;
+        down.mapv_inplace(|v| v * s);
+        up.mapv_inplace(|v| v * s.abs());
+        if acc.down.is_empty() {
+            acc.down = down;
+            acc.up = up;
+        } else if opts.concat {
+            if acc.down.shape()[1..] != down.shape()[1..] || acc.up.shape()[0] != up.shape()[0] {
+                return Err(Error::shape(
+                    &m.name,
+                    "models disagree on the module's weight shape",
+                ));
+            }
+            acc.down = concatenate(Axis(0), &[acc.down.view(), down.view()])
+                .map_err(|e| Error::shape(&m.name, e.to_string()))?;
+            acc.up = concatenate(Axis(1), &[acc.up.view(), up.view()])
+                .map_err(|e| Error::shape(&m.name, e.to_string()))?;
+        } else {
+            if acc.down.shape() != down.shape() || acc.up.shape() != up.shape() {
+                return Err(Error::shape(
+                    &m.name,
+                    format!(
+                        "cannot sum modules of different shapes ({:?} vs {:?}); use --concat for different ranks",
+                        acc.down.shape(),
+                        down.shape()
+                    ),
+                ));
+            }
+            acc.down += &down;
+            acc.up += &up;
+        }
+    }
+    acc.ok_or_else(|| Error::InvalidArgument("a module with no input".into()))
 }

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use lora_core::hash::{sshs_hashes, SshsHashes};
 use lora_core::{
-    write_safetensors, LoraFile, Metadata, SafetensorsFile, SaveOptions, SavePrecision,
+    write_safetensors, LoraFile, Metadata, SafetensorsFile, SaveOptions, SavePrecision, TensorView,
 };
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
@@ -23,14 +24,21 @@ pub fn save_streamed(
 ) -> Result<SshsHashes> {
     let path = path.as_ref();
     let LoraFile { modules, metadata } = lora;
-    let mut tensors = Vec::with_capacity(modules.len() * 3);
-    for m in modules {
-        // One module at a time through lora-core's own encoder (dtype, alpha dtype, overflow checks).
-        let one = LoraFile {
-            modules: vec![m],
-            metadata: Metadata::new(),
-        };
-        tensors.extend(one.to_tensors(path, precision, opts)?);
+    // Module by module (in parallel) through lora-core's own encoder (dtype, alpha dtype, overflow
+    // checks); each module's f32 arrays are freed once encoded.
+    let encoded: Vec<Result<Vec<(String, TensorView<'static>)>>> = modules
+        .into_par_iter()
+        .map(|m| {
+            let one = LoraFile {
+                modules: vec![m],
+                metadata: Metadata::new(),
+            };
+            Ok(one.to_tensors(path, precision, opts)?)
+        })
+        .collect();
+    let mut tensors = Vec::with_capacity(encoded.len() * 3);
+    for e in encoded {
+        tensors.extend(e?);
     }
     let mut meta = metadata;
     let hashes = sshs_hashes(&tensors, &meta)?;
