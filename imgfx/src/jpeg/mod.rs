@@ -151,11 +151,18 @@ pub fn encode_jpeg(
     pure::encode(data, width, height, channels, p)
 }
 
-/// Decodes JPEG bytes to an 8-bit image (grey or RGB) with [`CODEC`].
+/// Decodes JPEG bytes to an 8-bit image (grey or RGB) with [`CODEC`]. Images over
+/// [`crate::io::DEFAULT_MAX_PIXELS`] are refused from the header, before anything is allocated.
 pub fn decode_jpeg(bytes: &[u8]) -> Result<DynamicImage> {
     #[cfg(feature = "turbojpeg")]
     {
         let (w, h, grey) = turbo::header(bytes)?;
+        if (w as u64) * (h as u64) > crate::io::DEFAULT_MAX_PIXELS {
+            return Err(Error::Jpeg(format!(
+                "{w}x{h}: over the limit of {} pixels",
+                crate::io::DEFAULT_MAX_PIXELS
+            )));
+        }
         let too_big = || Error::Jpeg(format!("{w}x{h}: too large for this crate's images"));
         let (w32, h32) = (
             u32::try_from(w).map_err(|_| too_big())?,
@@ -332,6 +339,16 @@ mod tests {
         // Too few samples for the size, and a size the format cannot hold.
         assert!(encode_jpeg(&[0u8; 10], 40, 24, 3, &JpegParams::default()).is_err());
         assert!(encode_jpeg(&[0u8; 3], 70_000, 1, 3, &JpegParams::default()).is_err());
+        #[cfg(feature = "turbojpeg")]
+        {
+            // The same data with the frame header (SOF0) claiming 20000×20000 (400 megapixels): refused before
+            // anything is allocated.
+            let mut big = bytes.clone();
+            let sof = big.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+            big[sof + 5..sof + 9].copy_from_slice(&[0x4E, 0x20, 0x4E, 0x20]);
+            let e = decode_jpeg(&big).unwrap_err().to_string();
+            assert!(e.contains("20000x20000") && e.contains("limit"), "{e}");
+        }
         let mut small = vec![0u8; 10];
         assert!(decode_into(&bytes, &mut small, 40, 24, 3).is_err());
     }
