@@ -7,6 +7,9 @@
 //! It writes two SD1 rank-64 LoRAs (fp16), a full-size SD1-shaped fp16 checkpoint (~2.1 GB), a merged copy
 //! and the tools' outputs into a temporary folder, which it deletes at the end. `--quick` skips the two
 //! checkpoint benchmarks; `--keep` keeps the folder (for profiling the tools on the same files).
+//! `--sdscripts` also runs kohya-ss sd-scripts' own resize_lora.py, svd_merge_lora.py and merge_lora.py on
+//! the same files in the same run (torch CPU, from `.tools/sd-scripts` and `.tools/py`, set up as
+//! `scripts/ops_sdscripts_goldens.py` explains), so that the CPU times compare under the same load.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -134,13 +137,28 @@ fn run_tool(exe_dir: &Path, tool: &str, args: &[&str]) -> Run {
         "{} missing: run `cargo build --release --examples` first",
         exe.display()
     );
-    let t = Instant::now();
-    let out = Command::new("/usr/bin/time")
-        .arg("-v")
-        .arg(&exe)
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.arg("-v").arg(&exe).args(args);
+    timed(cmd, tool)
+}
+
+/// sd-scripts' `networks/{script}` with the venv's python (torch on the CPU).
+fn run_sdscripts(script: &str, args: &[&str]) -> Run {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools");
+    let (py, sds) = (root.join("py/bin/python"), root.join("sd-scripts"));
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.arg("-v")
+        .arg(py)
+        .arg(sds.join("networks").join(script))
         .args(args)
-        .output()
-        .expect("run /usr/bin/time");
+        .env("PYTHONPATH", &sds)
+        .current_dir(&sds);
+    timed(cmd, script)
+}
+
+fn timed(mut cmd: Command, tool: &str) -> Run {
+    let t = Instant::now();
+    let out = cmd.output().expect("run /usr/bin/time");
     let wall = t.elapsed().as_secs_f64();
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -178,6 +196,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let keep = args.iter().any(|a| a == "--keep");
+    let sdscripts = args.iter().any(|a| a == "--sdscripts");
     let base = args
         .iter()
         .position(|a| a == "--dir")
@@ -288,6 +307,78 @@ fn main() {
         2.0 * mb(&p("a.safetensors")),
         "2.4 s",
     ));
+
+    if sdscripts {
+        eprintln!("running sd-scripts' own tools on the same files (minutes)");
+        let (a, b) = (s(&p("a.safetensors")), s(&p("b.safetensors")));
+        let input = mb(&p("a.safetensors"));
+        let out = s(&p("sds_r.safetensors"));
+        let r = run_sdscripts(
+            "resize_lora.py",
+            &[
+                "--model",
+                &a,
+                "--save_to",
+                &out,
+                "--new_rank",
+                "16",
+                "--save_precision",
+                "fp16",
+            ],
+        );
+        rows.push((
+            "sd-scripts resize_lora.py r64 -> 16".into(),
+            r,
+            input,
+            "(same run)",
+        ));
+        let out = s(&p("sds_m.safetensors"));
+        let r = run_sdscripts(
+            "svd_merge_lora.py",
+            &[
+                "--models",
+                &a,
+                &b,
+                "--ratios",
+                "1",
+                "-1",
+                "--new_rank",
+                "32",
+                "--save_to",
+                &out,
+                "--save_precision",
+                "fp16",
+            ],
+        );
+        rows.push((
+            "sd-scripts svd_merge_lora.py -> 32".into(),
+            r,
+            2.0 * input,
+            "(same run)",
+        ));
+        let out = s(&p("sds_ab.safetensors"));
+        let r = run_sdscripts(
+            "merge_lora.py",
+            &[
+                "--models",
+                &a,
+                &b,
+                "--ratios",
+                "1",
+                "0.5",
+                "--save_to",
+                &out,
+                "--save_precision",
+                "fp16",
+            ],
+        );
+        rows.push((
+            "sd-scripts merge_lora.py LoRA+LoRA".into(),
+            r,
+            2.0 * input,
+            "(same run)",
+        ));
+    }
 
     if !quick {
         eprintln!("generating a full-size SD1 fp16 checkpoint (~2.1 GB)");

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example svd_merge_lora -- --models a.safetensors b.safetensors --ratios 1 -1 \
-//!     --new_rank 32 --save_to diff.safetensors [--save_precision fp16]
+//!     --new_rank 32 --save_to diff.safetensors [--save_precision fp16] [--lbws '[1,0,...]' '[...]']
 //! ```
 
 use std::path::PathBuf;
@@ -32,6 +32,9 @@ struct Args {
     /// Ratios, one per model (may be negative).
     #[arg(long = "ratios", num_args = 1.., allow_negative_numbers = true)]
     ratios: Vec<f32>,
+    /// Layer-block weights, one JSON list per model (12, 17, 20 or 26 numbers; 12 and 20 mean SDXL blocks).
+    #[arg(long = "lbws", num_args = 1..)]
+    lbws: Vec<String>,
     /// Rank of the output.
     #[arg(long = "new_rank", default_value_t = 4)]
     new_rank: usize,
@@ -71,6 +74,11 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         new_rank: a.new_rank,
         new_conv_rank: a.new_conv_rank,
         precision: a.precision,
+        lbws: if a.lbws.is_empty() {
+            None
+        } else {
+            Some(lora_ops::LayerBlockWeights::parse(&a.lbws)?)
+        },
         ..SvdMergeOptions::default()
     };
     let mut out = svd_merge(&refs, &opts)?;

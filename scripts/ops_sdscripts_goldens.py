@@ -12,7 +12,7 @@ What this script does:
      sv_ratio / sv_fro / sv_cumulative (--verbose, whose stdout is kept), svd_merge_lora.py with ratios 1 -1
      (the method's difference extraction; the 0.99 quantile clamp acts on every module), and merge_lora.py
      LoRA+LoRA with two ratios and different alphas;
-  4. writes inputs, outputs and verbose logs to lora-ops/tests/fixtures/sds_* (about 0.8 MB in all).
+  4. writes inputs, outputs and verbose logs to lora-ops/tests/fixtures/sds_* (about 0.95 MB in all).
 
 Getting sd-scripts (its code must not be committed here). With network access:
     git clone https://github.com/kohya-ss/sd-scripts .tools/sd-scripts-git
@@ -175,6 +175,14 @@ def main():
         hi = float(torch.cat([u, d]).max())
         n = int((torch.cat([u, d]) == hi).sum())
         print(f"  svd_merge {name}: {n} values clamped at {hi:.4g}")
+
+    # svd_merge_lora.py with --lbws (17 weights: SD1 blocks BASE, IN01, IN02, IN04, IN05, IN07, IN08, MID,
+    # OUT03-OUT11): text encoder = BASE, down_blocks_0 = IN01, up_blocks_3_resnets_0 = OUT09 (15th weight).
+    lbw_a = [0.5, 0.25] + [1] * 12 + [2.0, 1, 1]
+    lbw_b = [1, 0] + [1] * 12 + [0.5, 1, 1]
+    run("svd_merge_lora.py", ["--models", a_path, b_path, "--ratios", "1", "-1", "--new_rank", "4",
+                              "--new_conv_rank", "2", "--save_precision", "fp16", "--lbws", str(lbw_a), str(lbw_b),
+                              "--save_to", o("sds_svd_merge_lbws.safetensors")])
 
     # merge_lora.py LoRA+LoRA: different alphas (sqrt(alpha_i/base_alpha) scaling), a negative ratio.
     run("merge_lora.py", ["--models", a_path, b_path, "--ratios", "0.7", "-0.5", "--save_precision", "fp16",

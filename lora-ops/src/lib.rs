@@ -38,6 +38,11 @@
 //! * **Exact low-rank SVD.** A LoRA delta `U·D` has rank ≤ r. Thin QRs `U = Qa·Ra`, `Dᵀ = Qb·Rb` and the SVD of
 //!   the r×r core `Ra·Rbᵀ` give the exact singular triplets ([`linalg::lowrank_svd`]); svd_merge stacks the
 //!   scaled factors of all inputs and does the same. Cost `O((out+in)·r²)` per module instead of a dense SVD.
+//!   The QRs are Cholesky QRs (`f64` Gram matrix by one `dsyrk`, `Q` kept implicit as `U·Ra⁻¹`), with
+//!   Householder QR as the fallback for rank-deficient or ill-conditioned factors.
+//! * **Bounded memory.** The tools read inputs through [`LoraSource`] (the file stays mapped; each module is
+//!   converted to `f32` when it is processed and its pages are released) and write through
+//!   [`save_streamed`] (module by module), so peak memory stays below 2× the input size.
 //! * **Randomized SVD for extraction** ([`linalg::randomized_svd`], Halko–Martinsson–Tropp with 3 power
 //!   iterations and a sketch of `max(k+16, 1.5k)`): at most 1 % more Frobenius error than the exact truncated
 //!   SVD, measured in `tests/svd_props.rs`.
@@ -49,7 +54,9 @@
 //! * **Parallel and streamed**: modules run on rayon with OpenBLAS single-threaded ([`SingleThreadedBlas`]);
 //!   checkpoints are read with positioned reads and written tensor by tensor ([`ckpt_io`]), atomically.
 //! * Numbers differ from sd-scripts only by rounding and by the sign convention of singular vectors, which
-//!   moves the quantile clamp slightly (spec §11.1).
+//!   moves svd_merge's quantile clamp (spec §11.1): by up to a few percent, as much as it moves between two
+//!   LAPACK builds running sd-scripts itself (`tests/sdscripts.rs` checks against sd-scripts' own outputs).
+//! * `--lbws` layer-block weights for svd_merge ([`lbw`]).
 #![warn(missing_docs)]
 
 // Links OpenBLAS/LAPACK for ndarray's `blas` feature too.
@@ -59,6 +66,7 @@ pub mod ckpt_io;
 mod common;
 pub mod error;
 pub mod extract;
+pub mod lbw;
 pub mod linalg;
 pub mod lora_merge;
 pub mod model_merge;
@@ -74,6 +82,7 @@ pub mod svd_merge;
 pub use common::SingleThreadedBlas;
 pub use error::{Error, Result};
 pub use extract::{extract, extract_files, extract_modules, ExtractOptions, ExtractReport};
+pub use lbw::LayerBlockWeights;
 pub use lora_merge::{merge_loras, LoraMergeOptions};
 pub use model_merge::{merge_into_checkpoint, ModelFamily, ModelMergeOptions, ModelMergeReport};
 pub use rank::{DynamicMethod, RankRule};

@@ -27,6 +27,8 @@ pub struct SvdMergeOptions {
     pub clamp_quantile: Option<f64>,
     /// `--precision`: inputs are rounded through this dtype at load, like the reference's cast.
     pub precision: SavePrecision,
+    /// `--lbws`: layer-block weights, one list per model (`None`: all 1).
+    pub lbws: Option<crate::lbw::LayerBlockWeights>,
 }
 
 impl Default for SvdMergeOptions {
@@ -37,6 +39,7 @@ impl Default for SvdMergeOptions {
             new_conv_rank: None,
             clamp_quantile: Some(0.99),
             precision: SavePrecision::Float,
+            lbws: None,
         }
     }
 }
@@ -64,6 +67,15 @@ pub fn svd_merge<S: ModuleSource + ?Sized>(
             "new_rank and new_conv_rank must be at least 1".into(),
         ));
     }
+    if let Some(l) = &opts.lbws {
+        if l.weights.len() != loras.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} models but {} --lbws lists: give one list per model",
+                loras.len(),
+                l.weights.len()
+            )));
+        }
+    }
     let conv_rank = opts.new_conv_rank.unwrap_or(opts.new_rank);
     // Module name → (model index, module index), in model order.
     let mut by_name: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
@@ -84,7 +96,12 @@ pub fn svd_merge<S: ModuleSource + ?Sized>(
                 round_to_precision(&mut m.down, opts.precision);
                 let r = m.rank() as f32;
                 let alpha = m.alpha.unwrap_or(r);
-                let coef = opts.ratios[i] * (alpha / r);
+                // scale = alpha / dim, times the block's weight under --lbws (then times the ratio).
+                let mut scale = alpha / r;
+                if let Some(l) = &opts.lbws {
+                    scale *= l.factor(i, name);
+                }
+                let coef = opts.ratios[i] * scale;
                 let (shape, _, _) = module_views(&m)?;
                 rounded.push((shape, m, coef));
             }
