@@ -476,19 +476,26 @@ pub fn group_norm_bwd<T: Real>(
         let base = ng * cg * s;
         let mut s1 = 0.0f64;
         let mut s2 = 0.0f64;
-        for j in 0..cg * s {
-            let ga = gamma.map_or(1.0, |g| g[c0 + j / s].to_f64());
-            let dxh = dy[base + j].to_f64() * ga;
-            let xh = (x[base + j].to_f64() - m) * r;
-            s1 += dxh;
-            s2 += dxh * xh;
+        // Channel by channel, so that gamma is one value per inner loop (no division per element).
+        for cl in 0..cg {
+            let ga = gamma.map_or(1.0, |g| g[c0 + cl].to_f64());
+            let rng = base + cl * s..base + (cl + 1) * s;
+            for (&xv, &dv) in x[rng.clone()].iter().zip(&dy[rng]) {
+                let dxh = dv.to_f64() * ga;
+                let xh = (xv.to_f64() - m) * r;
+                s1 += dxh;
+                s2 += dxh * xh;
+            }
         }
         let (a1, a2) = (s1 / len, s2 / len);
-        for (j, o) in dxg.iter_mut().enumerate() {
-            let ga = gamma.map_or(1.0, |g| g[c0 + j / s].to_f64());
-            let dxh = dy[base + j].to_f64() * ga;
-            let xh = (x[base + j].to_f64() - m) * r;
-            *o = T::from_f64(r * (dxh - a1 - xh * a2));
+        for (cl, oc) in dxg.chunks_mut(s).enumerate() {
+            let ga = gamma.map_or(1.0, |g| g[c0 + cl].to_f64());
+            let rng = base + cl * s..base + (cl + 1) * s;
+            for ((o, &xv), &dv) in oc.iter_mut().zip(&x[rng.clone()]).zip(&dy[rng]) {
+                let dxh = dv.to_f64() * ga;
+                let xh = (xv.to_f64() - m) * r;
+                *o = T::from_f64(r * (dxh - a1 - xh * a2));
+            }
         }
     });
     let mut dgamma = vec![0.0f64; c];
@@ -582,6 +589,23 @@ pub fn layer_norm_bwd<T: Real>(
 // ---------------------------------------------------------------------------------------------
 // Softmax and attention
 
+/// Sum over 8 interleaved lanes: a reduction the compiler can keep in vector registers.
+#[inline]
+fn lane_sum<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    let mut s = chunks.remainder().iter().fold(T::ZERO, |s, &v| s + v);
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
 /// Softmax over rows of length `d`, in place. With `causal = Some(offset)`, entry j of row i is masked
 /// when `j > (i % rows_per_matrix) + offset` (rows_per_matrix given in the tuple).
 pub fn softmax_rows_inplace<T: Real>(x: &mut [T], d: usize, causal: Option<(usize, usize)>) {
@@ -594,11 +618,11 @@ pub fn softmax_rows_inplace<T: Real>(x: &mut [T], d: usize, causal: Option<(usiz
         for &v in &row[..limit] {
             mx = mx.max(v);
         }
-        let mut s = T::ZERO;
+        // The exponentials in a loop of their own (it vectorizes), then the sum over 8 lanes.
         for v in row[..limit].iter_mut() {
             *v = (*v - mx).exp();
-            s += *v;
         }
+        let s = lane_sum(&row[..limit]);
         let inv = T::ONE / s;
         for v in row[..limit].iter_mut() {
             *v *= inv;
