@@ -429,10 +429,7 @@ fn write_verified(
     model_hash: &str,
 ) -> Result<()> {
     let dir = crate::write::parent_dir(path);
-    let tmp = tempfile::Builder::new()
-        .prefix(".lora-core-")
-        .suffix(".safetensors")
-        .tempfile_in(&dir)
+    let tmp = crate::write::output_temp_file(&dir, ".lora-core-", ".safetensors")
         .map_err(|e| Error::io(path, e))?;
     write_safetensors(tmp.path(), tensors, meta)?;
     let written = SafetensorsFile::open(tmp.path())?;

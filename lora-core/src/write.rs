@@ -231,6 +231,24 @@ pub fn ensure_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
+/// A temporary file in `dir` for an output that is renamed into place when complete. Created with the
+/// permissions of an ordinary new file (0666 less the umask on Unix), not the 0600 of a private temporary
+/// file, so that the renamed output is readable like any file the user writes.
+pub fn output_temp_file(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix).suffix(suffix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b.tempfile_in(dir)
+}
+
 /// Writes named tensors and metadata to `path` as a safetensors file, atomically: the bytes go to a
 /// temporary file in the same folder, which is renamed over `path` only when complete. On error no
 /// file is left at `path` (an existing file there is untouched).
@@ -254,11 +272,7 @@ pub fn write_safetensors(
         t.check(path, name)?;
     }
     let dir = parent_dir(path);
-    let tmp = tempfile::Builder::new()
-        .prefix(".lora-core-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(path, e))?;
+    let tmp = output_temp_file(&dir, ".lora-core-", ".tmp").map_err(|e| Error::io(path, e))?;
     let meta = if metadata.is_empty() {
         None
     } else {
