@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::ProgressBar;
 use lora_core::{SaveOptions, SavePrecision};
-use lora_ops::{resize, DynamicMethod, ResizeOptions};
+use lora_ops::{resize_to_file, DynamicMethod, ResizeOptions};
 
 #[derive(Parser, Debug)]
 #[command(about = "Resize a LoRA's rank with SVD (sd-scripts resize_lora.py compatible)")]
@@ -73,9 +73,10 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         new_conv_rank: a.new_conv_rank,
         dynamic,
     };
-    let (out, report) = resize(&lora, &opts)?;
-    lora_ops::save_streamed(
-        out,
+    // Each module is encoded as soon as it is resized: the f32 result is never held whole.
+    let report = resize_to_file(
+        &lora,
+        &opts,
         &a.save_to,
         a.save_precision.unwrap_or(SavePrecision::Float),
         &SaveOptions::default(),

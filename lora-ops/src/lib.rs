@@ -40,9 +40,9 @@
 //!   scaled factors of all inputs and does the same. Cost `O((out+in)·r²)` per module instead of a dense SVD.
 //!   The QRs are Cholesky QRs (`f64` Gram matrix by one `dsyrk`, `Q` kept implicit as `U·Ra⁻¹`), with
 //!   Householder QR as the fallback for rank-deficient or ill-conditioned factors.
-//! * **Bounded memory.** The tools read inputs through [`LoraSource`] (the file stays mapped; each module is
-//!   converted to `f32` when it is processed and its pages are released) and write through
-//!   [`save_streamed`] (module by module), so peak memory stays below 2× the input size.
+//! * **Bounded memory.** The tools read inputs through [`LoraSource`] (each module read with positioned reads
+//!   and converted to `f32` when it is processed) and write through [`save_streamed`] /
+//!   [`resize_to_file`] (module by module), so peak memory stays below 2× the input size.
 //! * **Randomized SVD for extraction** ([`linalg::randomized_svd`], Halko–Martinsson–Tropp with 3 power
 //!   iterations and a sketch of `max(k+16, 1.5k)`): at most 1 % more Frobenius error than the exact truncated
 //!   SVD, measured in `tests/svd_props.rs`.
@@ -86,7 +86,7 @@ pub use lbw::LayerBlockWeights;
 pub use lora_merge::{merge_loras, LoraMergeOptions};
 pub use model_merge::{merge_into_checkpoint, ModelFamily, ModelMergeOptions, ModelMergeReport};
 pub use rank::{DynamicMethod, RankRule};
-pub use resize::{resize, ResizeOptions, ResizeReport};
+pub use resize::{resize, resize_to_file, ResizeOptions, ResizeReport};
 pub use save::save_streamed;
 pub use source::{LoraSource, ModuleSource};
 pub use svd_merge::{svd_merge, SvdMergeOptions};

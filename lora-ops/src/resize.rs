@@ -139,6 +139,38 @@ pub fn resize<S: ModuleSource + ?Sized>(
     lora: &S,
     opts: &ResizeOptions,
 ) -> Result<(LoraFile, ResizeReport)> {
+    let (modules, report, meta) = resize_with(lora, opts, Ok)?;
+    Ok((LoraFile::new(modules, meta), report))
+}
+
+/// Resizes `lora` and writes the result to `path` like [`resize`] + [`save_streamed`](crate::save_streamed),
+/// encoding each module as soon as it is computed: the `f32` result is never held whole, so peak memory
+/// is about the output's encoded size (the tool's path; an `f32` output can be larger than the input).
+pub fn resize_to_file<S: ModuleSource + ?Sized>(
+    lora: &S,
+    opts: &ResizeOptions,
+    path: &std::path::Path,
+    precision: lora_core::SavePrecision,
+    save: &lora_core::SaveOptions,
+) -> Result<ResizeReport> {
+    let (encoded, report, meta) = resize_with(lora, opts, |m| {
+        let one = LoraFile {
+            modules: vec![m],
+            metadata: lora_core::Metadata::new(),
+        };
+        Ok(one.to_tensors(path, precision, save)?)
+    })?;
+    let tensors = encoded.into_iter().flatten().collect();
+    crate::save::write_encoded(tensors, meta, path, save)?;
+    Ok(report)
+}
+
+/// The resize, with each new module passed through `finish` on the worker that computed it.
+fn resize_with<S: ModuleSource + ?Sized, T: Send>(
+    lora: &S,
+    opts: &ResizeOptions,
+    finish: impl Fn(LoraModule) -> Result<T> + Sync,
+) -> Result<(Vec<T>, ResizeReport, lora_core::Metadata)> {
     opts.validate()?;
     let conv_rank = opts.new_conv_rank.unwrap_or(opts.new_rank);
     let rule = match opts.dynamic {
@@ -146,7 +178,7 @@ pub fn resize<S: ModuleSource + ?Sized>(
         Some((m, p)) => RankRule::Dynamic(m, p as f32),
     };
     let _blas = SingleThreadedBlas::new();
-    let results: Vec<Result<(LoraModule, ModuleReport)>> = (0..lora.len())
+    let results: Vec<Result<(T, ModuleReport)>> = (0..lora.len())
         .into_par_iter()
         .map(|i| {
             let m = lora.module(i)?;
@@ -166,7 +198,7 @@ pub fn resize<S: ModuleSource + ?Sized>(
                 stats: r.stats,
             };
             let module = module_from_factors(&m.name, shape, r.factors, Some(r.alpha))?;
-            Ok((module, report))
+            Ok((finish(module)?, report))
         })
         .collect();
     let mut modules = Vec::with_capacity(results.len());
@@ -217,5 +249,5 @@ pub fn resize<S: ModuleSource + ?Sized>(
             meta.insert("ss_network_alpha", "Dynamic");
         }
     }
-    Ok((LoraFile::new(modules, meta), report))
+    Ok((modules, report, meta))
 }

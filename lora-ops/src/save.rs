@@ -5,14 +5,11 @@
 use std::path::Path;
 
 use lora_core::hash::{sshs_hashes, SshsHashes};
-use lora_core::{
-    write_safetensors, LoraFile, Metadata, SafetensorsFile, SaveOptions, SavePrecision, TensorView,
-};
+use lora_core::{write_safetensors, LoraFile, Metadata, SaveOptions, SavePrecision, TensorView};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
-use crate::source::release_pages;
 
 /// Writes `lora` like [`LoraFile::save`] (same bytes, metadata and `sshs_*` hashes; atomic; the written data
 /// re-hashed and compared before the file is put in place), consuming it to bound peak memory.
@@ -40,6 +37,17 @@ pub fn save_streamed(
     for e in encoded {
         tensors.extend(e?);
     }
+    write_encoded(tensors, metadata, path, opts)
+}
+
+/// Writes encoded tensors with `metadata` (plus the `sshs_*` hashes when `opts.hashes`), atomically, the
+/// data re-hashed from disk and compared before the file is put in place.
+pub(crate) fn write_encoded(
+    tensors: Vec<(String, TensorView<'static>)>,
+    metadata: Metadata,
+    path: &Path,
+    opts: &SaveOptions,
+) -> Result<SshsHashes> {
     let mut meta = metadata;
     let hashes = sshs_hashes(&tensors, &meta)?;
     if opts.hashes {
@@ -60,15 +68,11 @@ pub fn save_streamed(
         })?;
     write_safetensors(tmp.path(), &tensors, &meta)?;
     drop(tensors);
-    // Re-hash what reached the disk, chunk by chunk, releasing the mapped pages as we go.
-    let written = SafetensorsFile::open(tmp.path())?;
-    let mut h = Sha256::new();
-    for chunk in written.data_section().chunks(4 << 20) {
-        h.update(chunk);
-        release_pages(chunk);
-    }
-    let actual: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    drop(written);
+    // Re-hash what reached the disk, read in chunks (not mapped: the output stays out of the resident set).
+    let actual = data_section_sha256(tmp.path()).map_err(|source| lora_core::Error::Io {
+        file: path.into(),
+        source,
+    })?;
     if actual != hashes.model_hash {
         return Err(lora_core::Error::Write {
             file: path.into(),
@@ -84,4 +88,23 @@ pub fn save_streamed(
         source: e.error,
     })?;
     Ok(hashes)
+}
+
+/// sha256 of a safetensors file's data section (everything after the 8-byte length and the header).
+fn data_section_sha256(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)?;
+    f.seek(SeekFrom::Start(8 + u64::from_le_bytes(n)))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -1,6 +1,6 @@
-//! Where the operations read modules from: a [`LoraFile`] already in memory, or a [`LoraSource`] that keeps
-//! the file mapped and converts one module at a time to `f32` (the tools use it, so a LoRA is never held
-//! whole in `f32`: peak memory stays near the file size).
+//! Where the operations read modules from: a [`LoraFile`] already in memory, or a [`LoraSource`] that reads
+//! and converts one module at a time to `f32` (the tools use it, so a LoRA is never held whole, neither in
+//! `f32` nor as mapped file pages).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -49,8 +49,9 @@ struct Entry {
 }
 
 enum Backing {
-    /// kohya names: the file stays mapped; modules are converted on demand.
-    Mapped(SafetensorsFile, Vec<Entry>),
+    /// kohya names: the header parsed (and the file mapped) by lora-core; tensors read on demand with
+    /// positioned reads through the `File`.
+    Mapped(SafetensorsFile, Vec<Entry>, std::fs::File),
     /// Other layouts (PEFT/diffusers names, converted by lora-core): loaded whole.
     Loaded(LoraFile),
 }
@@ -121,9 +122,13 @@ impl LoraSource {
                 alpha: p.alpha,
             });
         }
+        let file = std::fs::File::open(path).map_err(|source| lora_core::Error::Io {
+            file: path.into(),
+            source,
+        })?;
         Ok(LoraSource {
             path: path.into(),
-            backing: Backing::Mapped(f, entries),
+            backing: Backing::Mapped(f, entries, file),
         })
     }
 
@@ -141,37 +146,67 @@ impl LoraSource {
     }
 }
 
-/// Drops the mapped pages under `bytes` (which must lie in a read-only file mapping, as every
-/// [`SafetensorsFile::open`] makes) from this process's resident set (`madvise(MADV_DONTNEED)` on a
-/// read-only file mapping: a later access re-reads them from the page cache, so the contents never change).
-/// Without it every converted tensor would stay resident and peak memory would grow by the whole input.
-#[cfg(target_os = "linux")]
-pub(crate) fn release_pages(bytes: &[u8]) {
-    extern "C" {
-        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: std::os::raw::c_int) -> i32;
-        fn sysconf(name: std::os::raw::c_int) -> std::os::raw::c_long;
+/// Reads tensor `name` as `f32` with a positioned read (F16, BF16, F32; other dtypes through lora-core's
+/// mapped reader). Reading instead of touching the map keeps the input out of this process's resident set
+/// (touching even a 2-byte alpha through the map faults in its whole neighbourhood: with large page-cache
+/// folios the input became resident piece by piece, and dropping pages after use did not hold). NaN and infinity are refused like lora-core does.
+fn read_f32(f: &SafetensorsFile, file: &std::fs::File, name: &str) -> Result<ndarray::ArrayD<f32>> {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    use lora_core::DType;
+    use std::os::unix::fs::FileExt;
+    let info = f.info(name)?;
+    let elem = match info.dtype {
+        DType::F16 | DType::BF16 => 2,
+        DType::F32 => 4,
+        _ => return Ok(f.tensor_f32(name)?),
+    };
+    if cfg!(target_endian = "big") {
+        return Ok(f.tensor_f32(name)?);
     }
-    const MADV_DONTNEED: std::os::raw::c_int = 4;
-    const SC_PAGESIZE: std::os::raw::c_int = 30;
-    if bytes.is_empty() {
-        return;
+    let n = info.numel();
+    let start = (f.bytes().len() - f.data_section().len() + info.data_offsets.0) as u64;
+    let io = |source| lora_core::Error::Io {
+        file: f.path().into(),
+        source,
+    };
+    let mut out = vec![0f32; n];
+    if elem == 2 {
+        let mut bits = vec![0u16; n];
+        // SAFETY: a u16 buffer viewed as its 2·n bytes; every byte pattern is a valid u16.
+        let raw = unsafe { std::slice::from_raw_parts_mut(bits.as_mut_ptr().cast::<u8>(), n * 2) };
+        file.read_exact_at(raw, start).map_err(io)?;
+        if info.dtype == DType::F16 {
+            let h: &[half::f16] = bits.reinterpret_cast();
+            h.convert_to_f32_slice(&mut out);
+        } else {
+            let h: &[half::bf16] = bits.reinterpret_cast();
+            h.convert_to_f32_slice(&mut out);
+        }
+    } else {
+        // SAFETY: an f32 buffer viewed as its 4·n bytes; every bit pattern is a valid f32 (NaN/inf are
+        // refused below).
+        let raw = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), n * 4) };
+        file.read_exact_at(raw, start).map_err(io)?;
     }
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { sysconf(SC_PAGESIZE) };
-    let page = if page > 0 { page as usize } else { 4096 };
-    let start = bytes.as_ptr() as usize / page * page;
-    let end = (bytes.as_ptr() as usize + bytes.len()).div_ceil(page) * page;
-    // SAFETY: `bytes` lies in a read-only file mapping (SafetensorsFile::open maps every file it opens),
-    // and the mapping covers whole pages, so [start, end) is mapped. MADV_DONTNEED on a file mapping that
-    // was never written only drops resident pages; their contents, re-read on access, are unchanged. A
-    // failure is harmless (the pages simply stay resident), so the result is ignored.
-    unsafe {
-        madvise(start as *mut std::ffi::c_void, end - start, MADV_DONTNEED);
+    if let Some((index, &value)) = out.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(lora_core::Error::NonFinite {
+            file: f.path().into(),
+            tensor: name.into(),
+            index,
+            value,
+        }
+        .into());
     }
+    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&info.shape), out).map_err(|e| {
+        lora_core::Error::BadShape {
+            file: f.path().into(),
+            tensor: name.into(),
+            shape: info.shape.clone(),
+            message: e.to_string(),
+        }
+        .into()
+    })
 }
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn release_pages(_bytes: &[u8]) {}
 
 /// Puts the file's path into a shape error raised by [`LoraModule::new`] (which names `<memory>`).
 fn name_file(e: lora_core::Error, path: &Path) -> lora_core::Error {
@@ -194,32 +229,29 @@ fn name_file(e: lora_core::Error, path: &Path) -> lora_core::Error {
 impl ModuleSource for LoraSource {
     fn len(&self) -> usize {
         match &self.backing {
-            Backing::Mapped(_, e) => e.len(),
+            Backing::Mapped(_, e, _) => e.len(),
             Backing::Loaded(l) => l.modules.len(),
         }
     }
 
     fn name(&self, i: usize) -> &str {
         match &self.backing {
-            Backing::Mapped(_, e) => &e[i].name,
+            Backing::Mapped(_, e, _) => &e[i].name,
             Backing::Loaded(l) => &l.modules[i].name,
         }
     }
 
     fn module(&self, i: usize) -> Result<Cow<'_, LoraModule>> {
-        let (f, e) = match &self.backing {
-            Backing::Mapped(f, e) => (f, &e[i]),
+        let (f, e, file) = match &self.backing {
+            Backing::Mapped(f, e, file) => (f, &e[i], file),
             Backing::Loaded(l) => return Ok(Cow::Borrowed(&l.modules[i])),
         };
-        let down = f.tensor_f32(&e.down)?;
-        let up = f.tensor_f32(&e.up)?;
-        // Converted: the mapped pages are no longer needed (they stay in the page cache).
-        release_pages(f.tensor_bytes(&e.down)?);
-        release_pages(f.tensor_bytes(&e.up)?);
+        let down = read_f32(f, file, &e.down)?;
+        let up = read_f32(f, file, &e.up)?;
         let alpha = match &e.alpha {
             None => None,
             Some(key) => {
-                let a = f.tensor_f32(key)?;
+                let a = read_f32(f, file, key)?;
                 if a.len() != 1 || a.ndim() > 1 {
                     return Err(lora_core::Error::BadShape {
                         file: self.path.clone(),
@@ -239,7 +271,7 @@ impl ModuleSource for LoraSource {
 
     fn metadata(&self) -> &Metadata {
         match &self.backing {
-            Backing::Mapped(f, _) => f.metadata(),
+            Backing::Mapped(f, _, _) => f.metadata(),
             Backing::Loaded(l) => &l.metadata,
         }
     }

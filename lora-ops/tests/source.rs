@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use lora_core::{AlphaDtype, LoraFile, SafetensorsFile, SaveOptions, SavePrecision};
 use lora_ops::{
-    merge_loras, resize, save_streamed, svd_merge, LoraMergeOptions, LoraSource, ModuleSource,
-    ResizeOptions, SvdMergeOptions,
+    merge_loras, resize, resize_to_file, save_streamed, svd_merge, LoraMergeOptions, LoraSource,
+    ModuleSource, ResizeOptions, SvdMergeOptions,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -101,4 +101,73 @@ fn save_streamed_writes_what_save_writes() {
     let p = dir.path().join("bad.safetensors");
     assert!(save_streamed(bad, &p, SavePrecision::Fp16, &SaveOptions::default()).is_err());
     assert!(!p.exists(), "no partial output");
+}
+
+#[test]
+fn resize_to_file_writes_what_resize_and_save_write() {
+    let src = LoraSource::open(fixture("sds_in_a.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ResizeOptions {
+        new_rank: 8,
+        dynamic: Some((lora_ops::DynamicMethod::SvFro, 0.9)),
+        ..Default::default()
+    };
+    let (p1, p2) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    let (out, r1) = resize(&src, &opts).unwrap();
+    out.save(&p1, SavePrecision::Float, &SaveOptions::default())
+        .unwrap();
+    let r2 = resize_to_file(
+        &src,
+        &opts,
+        &p2,
+        SavePrecision::Float,
+        &SaveOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r1, r2);
+    let (f1, f2) = (
+        SafetensorsFile::open(&p1).unwrap(),
+        SafetensorsFile::open(&p2).unwrap(),
+    );
+    assert_eq!(f1.data_section(), f2.data_section());
+    let meta = |f: &SafetensorsFile| -> Vec<(String, String)> {
+        let mut v: Vec<_> = f
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(meta(&f1), meta(&f2));
+}
+
+#[test]
+fn source_reads_bf16_and_refuses_nan_naming_the_tensor() {
+    let lora = LoraFile::load(fixture("sds_in_a.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bf16.safetensors");
+    lora.save(&p, SavePrecision::Bf16, &SaveOptions::default())
+        .unwrap();
+    let src = LoraSource::open(&p).unwrap();
+    assert_eq!(src.to_lora_file().unwrap(), LoraFile::load(&p).unwrap());
+
+    // The same file with one up weight set to NaN (bf16 0x7fc0), bytes patched in place.
+    let f = SafetensorsFile::open(&p).unwrap();
+    let name = format!("{}.lora_up.weight", lora.modules[2].name);
+    let offset = f.bytes().len() - f.data_section().len() + f.info(&name).unwrap().data_offsets.0;
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[offset..offset + 2].copy_from_slice(&0x7fc0u16.to_le_bytes());
+    let q = dir.path().join("nan.safetensors");
+    std::fs::write(&q, bytes).unwrap();
+    let src = LoraSource::open(&q).unwrap();
+    let err = src.module(2).unwrap_err().to_string();
+    assert!(
+        err.contains(&name) && err.contains("nan.safetensors"),
+        "{err}"
+    );
+    assert!(src.module(1).is_ok());
 }
