@@ -103,8 +103,11 @@ fn check(ours: &LoraFile, reference: &str, precision: SavePrecision, alpha: Alph
     eprintln!("{reference}: worst relative Frobenius error {worst:.3e} (tolerance {tol:e})");
 }
 
-/// `(name, dim, alpha, sum retained %, fro retained %)` from a verbose log line.
-fn parse_verbose(text: &str) -> Vec<(String, Option<String>, Option<String>, f64, f64)> {
+/// `(name, dim, alpha, sum retained %, fro retained %)` of a verbose log line.
+type VerboseLine = (String, Option<String>, Option<String>, f64, f64);
+
+/// The per-module lines of a `--verbose` log.
+fn parse_verbose(text: &str) -> Vec<VerboseLine> {
     text.lines()
         .filter(|l| l.contains("| sum(S) retained: "))
         .map(|l| {
