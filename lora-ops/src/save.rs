@@ -58,15 +58,23 @@ pub(crate) fn write_encoded(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".lora-ops-")
-        .suffix(".safetensors")
-        .tempfile_in(&dir)
-        .map_err(|source| lora_core::Error::Io {
-            file: path.into(),
-            source,
+    // An ordinary file's permissions (0666 less umask), like lora-core's own outputs.
+    let tmp =
+        lora_core::output_temp_file(&dir, ".lora-ops-", ".safetensors").map_err(|source| {
+            lora_core::Error::Io {
+                file: path.into(),
+                source,
+            }
         })?;
+    let io = |source| lora_core::Error::Io {
+        file: path.into(),
+        source,
+    };
+    let perms = std::fs::metadata(tmp.path()).map_err(io)?.permissions();
     write_safetensors(tmp.path(), &tensors, &meta)?;
+    // The safetensors crate writes through a private (0600) temporary file of its own and renames it over
+    // ours: restore the ordinary permissions `output_temp_file` chose.
+    std::fs::set_permissions(tmp.path(), perms).map_err(io)?;
     drop(tensors);
     // Re-hash what reached the disk, read in chunks (not mapped: the output stays out of the resident set).
     let actual = data_section_sha256(tmp.path()).map_err(|source| lora_core::Error::Io {

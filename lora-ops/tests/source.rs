@@ -95,6 +95,15 @@ fn save_streamed_writes_what_save_writes() {
         );
         assert_eq!(f1.metadata().len(), f2.metadata().len());
     }
+    // The output has an ordinary new file's permissions (not a temporary file's 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("b.safetensors")), mode(&plain));
+    }
     // A value that does not fit the save dtype is refused, and no file is left behind.
     let mut bad = lora.clone();
     bad.modules[0].up[[0, 0]] = 1e6; // overflows fp16
