@@ -188,7 +188,11 @@ fn read_f32(f: &SafetensorsFile, file: &std::fs::File, name: &str) -> Result<nda
         let raw = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), n * 4) };
         file.read_exact_at(raw, start).map_err(io)?;
     }
-    if let Some((index, &value)) = out.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+    // A branch-free scan first (vectorizes), the position only when something is wrong.
+    let bad = out
+        .chunks(4096)
+        .any(|c| c.iter().fold(false, |acc, v| acc | !v.is_finite()));
+    if let Some((index, &value)) = out.iter().enumerate().find(|(_, v)| bad && !v.is_finite()) {
         return Err(lora_core::Error::NonFinite {
             file: f.path().into(),
             tensor: name.into(),
