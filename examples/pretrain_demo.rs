@@ -8,6 +8,7 @@
 //! cargo run --release --example pretrain_demo -- --config tiny --steps_a 50 --steps_b 10 --out_dir /tmp/t
 //! ```
 //! The command line and seed are stored in each checkpoint's `copier_lora.recipe` metadata.
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -123,6 +124,14 @@ fn train(
         };
         bar.set_message(format!("{avg:.4}"));
         bar.set_position(info.step);
+        // A background run logs to a file, where the bar is hidden: a line every 50 steps instead.
+        if !std::io::stderr().is_terminal() && info.step % 50 == 0 {
+            eprintln!(
+                "{label}: step {}/{steps}  loss {avg:.4}  {:.0} s",
+                info.step,
+                start.elapsed().as_secs_f64()
+            );
+        }
         if a.max_minutes
             .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0)
         {

@@ -273,6 +273,9 @@ pub fn write_safetensors(
     }
     let dir = parent_dir(path);
     let tmp = output_temp_file(&dir, ".lora-core-", ".tmp").map_err(|e| Error::io(path, e))?;
+    let perms = std::fs::metadata(tmp.path())
+        .map_err(|e| Error::io(path, e))?
+        .permissions();
     let meta = if metadata.is_empty() {
         None
     } else {
@@ -287,6 +290,8 @@ pub fn write_safetensors(
         file: path.into(),
         message: e.to_string(),
     })?;
+    // safetensors renames its own private (0600) temporary file over ours: give back the ordinary mode.
+    std::fs::set_permissions(tmp.path(), perms).map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
@@ -302,6 +307,24 @@ pub(crate) fn parent_dir(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use ndarray::arr2;
+
+    #[cfg(unix)]
+    #[test]
+    fn outputs_get_the_mode_of_an_ordinary_new_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = arr2(&[[1.0f32, 2.0]]).into_dyn();
+        let out = dir.path().join("out.safetensors");
+        let t = vec![(
+            "w".to_string(),
+            TensorView::from_f32(&a, DType::F32, false).unwrap(),
+        )];
+        write_safetensors(&out, &t, &Metadata::new()).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&out), mode(&plain));
+    }
 
     #[test]
     fn header_matches_safetensors_serialize() {
