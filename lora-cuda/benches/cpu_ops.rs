@@ -3,8 +3,10 @@
 //!
 //! Pairs to compare: `matmul/ours/*` vs `matmul/sgemm_direct/*` (target ≥ 90%), `conv/ours/*` vs
 //! `conv/sgemm_direct/*` (the same GEMM without the im2col unfold, so the ratio is the cost of the unfold
-//! and the bias). PyTorch is not installed on the build machine, so the LoRA adapter figures stand alone
-//! here; `scripts/gpu-check.sh` times PyTorch on the GPU machine.
+//! and the bias). The LoRA adapter figures stand alone here; for the comparison with PyTorch CPU in the same
+//! run, in CPU time (what to compare on a loaded machine), use `scripts/cpu_torch_bench.py`, which runs
+//! `examples/bench_cpu_ops.rs` (all these cases and more, at the demo model's shapes) next to PyTorch and prints
+//! one table; figures in `docs/cpu-bench.md`.
 
 use std::time::Duration;
 

@@ -4,6 +4,9 @@
 //! clear loop, parallel with rayon where the work is large. These are the twins the CUDA kernels are
 //! checked against.
 
+use std::any::Any;
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use crate::dtype::Real;
@@ -181,13 +184,39 @@ fn valid_out_range(
 pub fn im2col<T: Real>(x: &[T], g: &ConvGeom, col: &mut [T]) {
     let (ho, wo) = (g.ho(), g.wo());
     let hw = ho * wo;
-    col.par_chunks_mut(hw).enumerate().for_each(|(row, out)| {
+    let unfold_row = |(row, out): (usize, &mut [T])| {
         let ci = row / (g.kh * g.kw);
         let ky = (row / g.kw) % g.kh;
         let kx = row % g.kw;
         let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         let ox_ok = valid_out_range(g.w, wo, g.stride, kx, g.pad);
         let oy_ok = valid_out_range(g.h, ho, g.stride, ky, g.pad);
+        if g.stride == 1 && wo == g.w && ho == g.h {
+            // "Same" convolution (stride 1, 2·pad = k − 1): the row is the image shifted by
+            // (ky − pad)·w + kx − pad, so one copy of the whole valid block, then zeros in the columns
+            // the window leaves; short image rows cost one call per kernel tap instead of three per row.
+            let (p0, p1) = (oy_ok.start * wo, oy_ok.end.max(oy_ok.start) * wo);
+            out[..p0].fill(T::ZERO);
+            out[p1..].fill(T::ZERO);
+            let shift =
+                (ky as isize - g.pad as isize) * g.w as isize + kx as isize - g.pad as isize;
+            let n_img = (g.h * g.w) as isize;
+            let start = (p0 as isize).max(-shift).min(p1 as isize) as usize;
+            let end = (p1 as isize).min(n_img - shift).max(start as isize) as usize;
+            out[p0..start].fill(T::ZERO);
+            out[end..p1].fill(T::ZERO);
+            if start < end {
+                // start ≥ −shift and end ≤ h·w − shift: the source window lies inside the image.
+                let s0 = (start as isize + shift) as usize;
+                out[start..end].copy_from_slice(&xc[s0..s0 + (end - start)]);
+            }
+            for ox in (0..ox_ok.start).chain(ox_ok.end..wo) {
+                for oy in oy_ok.clone() {
+                    out[oy * wo + ox] = T::ZERO;
+                }
+            }
+            return;
+        }
         for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
             if !oy_ok.contains(&oy) {
                 orow.fill(T::ZERO);
@@ -210,7 +239,16 @@ pub fn im2col<T: Real>(x: &[T], g: &ConvGeom, col: &mut [T]) {
                 }
             }
         }
-    });
+    };
+    if col.len() >= PAR_MIN {
+        // Rows of a small image are short: hand rayon tasks of at least PAR_MIN elements.
+        col.par_chunks_mut(hw)
+            .with_min_len((PAR_MIN / hw.max(1)).max(1))
+            .enumerate()
+            .for_each(unfold_row);
+    } else {
+        col.chunks_mut(hw).enumerate().for_each(unfold_row);
+    }
 }
 
 /// Folds `col [c·kh·kw, ho·wo]` back into one image `dx [c, h, w]`, adding overlapping windows.
@@ -254,11 +292,22 @@ pub fn conv2d_fwd<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeom) -
     let hw = g.ho() * g.wo();
     let ckk = g.ckk();
     let mut y = vec![T::ZERO; g.n * g.o * hw];
-    let mut col = if g.is_pointwise() {
-        Vec::new()
-    } else {
-        vec![T::ZERO; ckk * hw]
-    };
+    let col_len = if g.is_pointwise() { 0 } else { ckk * hw };
+    with_workspace::<T, _>(col_len, |col| conv2d_fwd_with(x, w, bias, g, &mut y, col));
+    y
+}
+
+/// [`conv2d_fwd`] into `y` with the im2col buffer `col` (`c·kh·kw·ho·wo` long, or empty for pointwise).
+fn conv2d_fwd_with<T: Real>(
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    g: &ConvGeom,
+    y: &mut [T],
+    col: &mut [T],
+) {
+    let hw = g.ho() * g.wo();
+    let ckk = g.ckk();
     for i in 0..g.n {
         let xi = &x[i * g.c * g.h * g.w..(i + 1) * g.c * g.h * g.w];
         let yi = &mut y[i * g.o * hw..(i + 1) * g.o * hw];
@@ -271,8 +320,8 @@ pub fn conv2d_fwd<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeom) -
         let src: &[T] = if g.is_pointwise() {
             xi
         } else {
-            im2col(xi, g, &mut col);
-            &col
+            im2col(xi, g, col);
+            col
         };
         T::gemm(
             false,
@@ -290,7 +339,44 @@ pub fn conv2d_fwd<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeom) -
             hw,
         );
     }
-    y
+}
+
+thread_local! {
+    static WORKSPACE_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static WORKSPACE_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch buffer of `len` elements whose contents are unspecified (callers overwrite it):
+/// a per-thread buffer kept between calls, so the im2col matrix is not allocated and zeroed at each
+/// convolution (at the demo's small images that cost a fifth of the GEMM). A fresh buffer when the
+/// thread's one is already in use (a nested call from a rayon job on the same thread).
+pub(crate) fn with_workspace<T: Real, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    let mut f = Some(f);
+    let mut go = |v: &mut dyn Any| -> Option<R> {
+        let v = v.downcast_mut::<Vec<T>>()?;
+        if v.len() < len {
+            v.resize(len, T::ZERO);
+        }
+        Some((f.take()?)(&mut v[..len]))
+    };
+    let r = WORKSPACE_F32
+        .try_with(|c| c.try_borrow_mut().ok().and_then(|mut b| go(&mut *b)))
+        .ok()
+        .flatten();
+    let r = match r {
+        Some(r) => Some(r),
+        None => WORKSPACE_F64
+            .try_with(|c| c.try_borrow_mut().ok().and_then(|mut b| go(&mut *b)))
+            .ok()
+            .flatten(),
+    };
+    match r {
+        Some(r) => r,
+        None => {
+            let mut v = vec![T::ZERO; len];
+            (f.take().expect("the closure runs at most once"))(&mut v)
+        }
+    }
 }
 
 /// Backward convolution: gradients for the input, weight and bias (each only when asked for).
@@ -903,8 +989,32 @@ pub fn broadcast_binary<T: Real>(
     let body = |(row, cr): (usize, &mut [T])| {
         let mut offs = [0usize; 2];
         offsets_of_row(row, out, &[&sa, &sb], &mut offs);
-        for (j, o) in cr.iter_mut().enumerate() {
-            *o = f(a[offs[0] + j * la], b[offs[1] + j * lb]);
+        // Unit or zero strides along the last axis (bias rows, per-row scalars) as plain slice loops,
+        // which vectorize; the general strided loop otherwise.
+        match (la, lb) {
+            (1, 1) => {
+                let (ar, br) = (&a[offs[0]..offs[0] + last], &b[offs[1]..offs[1] + last]);
+                for ((o, &x), &y) in cr.iter_mut().zip(ar).zip(br) {
+                    *o = f(x, y);
+                }
+            }
+            (1, 0) => {
+                let (ar, y) = (&a[offs[0]..offs[0] + last], b[offs[1]]);
+                for (o, &x) in cr.iter_mut().zip(ar) {
+                    *o = f(x, y);
+                }
+            }
+            (0, 1) => {
+                let (x, br) = (a[offs[0]], &b[offs[1]..offs[1] + last]);
+                for (o, &y) in cr.iter_mut().zip(br) {
+                    *o = f(x, y);
+                }
+            }
+            _ => {
+                for (j, o) in cr.iter_mut().enumerate() {
+                    *o = f(a[offs[0] + j * la], b[offs[1] + j * lb]);
+                }
+            }
         }
     };
     if last == 0 {

@@ -283,12 +283,15 @@ impl LoraAdapter {
                 scale /= 1.0 - p;
             }
         }
+        // m·s applied to the rank-r activation before `up` rather than to the full-width output
+        // (the same product, U·(m·s·lx) = m·s·U·lx): a pass over an r-wide tensor instead of an out-wide
+        // one, forward and backward.
+        let lx = g.scale(lx, ctx.multiplier * scale)?;
         let up = match self.kind {
             LoraKind::Linear => g.linear(lx, u, None)?,
             LoraKind::Conv { .. } => g.conv2d(lx, u, None, Conv2dCfg::default())?,
         };
-        let scaled = g.scale(up, ctx.multiplier * scale)?;
-        g.add(base_out, scaled)
+        g.add(base_out, up)
     }
 
     /// A frozen linear layer with this adapter: `x·Wᵀ + b + LoRA(x)`.

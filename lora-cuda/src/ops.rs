@@ -307,6 +307,48 @@ pub fn matmul_backward(
 /// `y = x·wᵀ + b` with `x [..., in]`, `w [out, in]`, `b [out]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     check_linear(x, w, b)?;
+    if let Some(bias) = b {
+        let dt = x.dtype();
+        if (dt == DType::F32 || dt == DType::F64)
+            && w.dtype() == dt
+            && bias.dtype() == dt
+            && same_device("linear", &[x, w, bias])?.is_cpu()
+        {
+            // One GEMM with beta = 1 onto rows pre-filled with the bias: no second pass over `y` and no
+            // broadcast add (a separate bias add cost as much as the GEMM at out = 1024).
+            let (out_f, inn) = (w.shape()[0], w.shape()[1]);
+            let rows: usize = x.shape()[..x.rank() - 1].iter().product();
+            let mut os = x.shape().to_vec();
+            *os.last_mut().expect("rank >= 1 checked") = out_f;
+            return with_real!(dt, T, {
+                let (xd, wd, bd) = (
+                    x.cpu_data::<T>()?,
+                    w.cpu_data::<T>()?,
+                    bias.cpu_data::<T>()?,
+                );
+                let mut c = Vec::with_capacity(rows * out_f);
+                for _ in 0..rows {
+                    c.extend_from_slice(&bd);
+                }
+                cpu::batched_gemm(
+                    false,
+                    true,
+                    1,
+                    rows,
+                    out_f,
+                    inn,
+                    T::ONE,
+                    &xd,
+                    0,
+                    &wd,
+                    0,
+                    T::ONE,
+                    &mut c,
+                );
+                Ok(out(c, &os, x))
+            });
+        }
+    }
     let y = matmul(x, w, false, true)?;
     match b {
         Some(b) => binary(&y, b, BinaryOp::Add),
@@ -1200,6 +1242,10 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
 
 /// Sums `g` down to `shape` (the reverse of a broadcast).
 pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if g.shape() == shape {
+        // Nothing to reduce (the gradient of an add of equal shapes): share the storage, no copy.
+        return Ok(g.clone());
+    }
     if cpu::broadcast_shape(shape, g.shape()).as_deref() != Some(g.shape()) {
         return Err(shape_err(
             "sum_to",
