@@ -13,6 +13,8 @@ use crate::dtype::Real;
 
 /// Work below this many elements stays on one thread (rayon's overhead would dominate).
 const PAR_MIN: usize = 1 << 14;
+/// Elements of the im2col matrix unfolded at once by a large convolution (512 KiB of f32: half an L2).
+const CONV_BAND: usize = 1 << 17;
 
 /// `c[i] = f(a[i])`, in parallel for large inputs.
 pub fn map<T: Real>(a: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
@@ -182,24 +184,32 @@ fn valid_out_range(
 
 /// Unfolds one image `x [c, h, w]` into `col [c·kh·kw, ho·wo]` (zeros where the window leaves the image).
 pub fn im2col<T: Real>(x: &[T], g: &ConvGeom, col: &mut [T]) {
+    im2col_band(x, g, 0, g.ho(), col)
+}
+
+/// The output rows `oy0..oy1` of [`im2col`]: `col [c·kh·kw, (oy1 − oy0)·wo]`.
+pub fn im2col_band<T: Real>(x: &[T], g: &ConvGeom, oy0: usize, oy1: usize, col: &mut [T]) {
     let (ho, wo) = (g.ho(), g.wo());
-    let hw = ho * wo;
+    let nb = (oy1 - oy0) * wo;
     let unfold_row = |(row, out): (usize, &mut [T])| {
         let ci = row / (g.kh * g.kw);
         let ky = (row / g.kw) % g.kh;
         let kx = row % g.kw;
         let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         let ox_ok = valid_out_range(g.w, wo, g.stride, kx, g.pad);
-        let oy_ok = valid_out_range(g.h, ho, g.stride, ky, g.pad);
+        let oy_all = valid_out_range(g.h, ho, g.stride, ky, g.pad);
+        let oy_ok = oy_all.start.clamp(oy0, oy1)..oy_all.end.clamp(oy0, oy1);
         if g.stride == 1 && wo == g.w && ho == g.h {
             // "Same" convolution (stride 1, 2·pad = k − 1): the row is the image shifted by
             // (ky − pad)·w + kx − pad, so one copy of the whole valid block, then zeros in the columns
             // the window leaves; short image rows cost one call per kernel tap instead of three per row.
-            let (p0, p1) = (oy_ok.start * wo, oy_ok.end.max(oy_ok.start) * wo);
+            let (p0, p1) = ((oy_ok.start - oy0) * wo, (oy_ok.end - oy0) * wo);
             out[..p0].fill(T::ZERO);
             out[p1..].fill(T::ZERO);
-            let shift =
-                (ky as isize - g.pad as isize) * g.w as isize + kx as isize - g.pad as isize;
+            // Local position p is image position p + oy0·wo.
+            let shift = (ky as isize - g.pad as isize) * g.w as isize + kx as isize
+                - g.pad as isize
+                + (oy0 * wo) as isize;
             let n_img = (g.h * g.w) as isize;
             let start = (p0 as isize).max(-shift).min(p1 as isize) as usize;
             let end = (p1 as isize).min(n_img - shift).max(start as isize) as usize;
@@ -212,12 +222,13 @@ pub fn im2col<T: Real>(x: &[T], g: &ConvGeom, col: &mut [T]) {
             }
             for ox in (0..ox_ok.start).chain(ox_ok.end..wo) {
                 for oy in oy_ok.clone() {
-                    out[oy * wo + ox] = T::ZERO;
+                    out[(oy - oy0) * wo + ox] = T::ZERO;
                 }
             }
             return;
         }
-        for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
+        for (j, orow) in out.chunks_exact_mut(wo).enumerate() {
+            let oy = oy0 + j;
             if !oy_ok.contains(&oy) {
                 orow.fill(T::ZERO);
                 continue;
@@ -240,14 +251,18 @@ pub fn im2col<T: Real>(x: &[T], g: &ConvGeom, col: &mut [T]) {
             }
         }
     };
+    if nb == 0 {
+        return;
+    }
+    let col = &mut col[..g.ckk() * nb];
     if col.len() >= PAR_MIN {
         // Rows of a small image are short: hand rayon tasks of at least PAR_MIN elements.
-        col.par_chunks_mut(hw)
-            .with_min_len((PAR_MIN / hw.max(1)).max(1))
+        col.par_chunks_mut(nb)
+            .with_min_len((PAR_MIN / nb).max(1))
             .enumerate()
             .for_each(unfold_row);
     } else {
-        col.chunks_mut(hw).enumerate().for_each(unfold_row);
+        col.chunks_mut(nb).enumerate().for_each(unfold_row);
     }
 }
 
@@ -317,6 +332,35 @@ fn conv2d_fwd_with<T: Real>(
             }
         }
         let beta = if bias.is_some() { T::ONE } else { T::ZERO };
+        if !g.is_pointwise() && ckk * hw > 8 * CONV_BAND {
+            // A large unfold (the 64 px level: 4.5 MiB) would go out to memory and come back for the
+            // GEMM; unfold and multiply bands of output rows that stay in the L2 cache instead.
+            let (ho, wo) = (g.ho(), g.wo());
+            let band = (CONV_BAND / (ckk * wo)).max(1);
+            let mut oy0 = 0;
+            while oy0 < ho {
+                let oy1 = (oy0 + band).min(ho);
+                let nb = (oy1 - oy0) * wo;
+                im2col_band(xi, g, oy0, oy1, col);
+                T::gemm(
+                    false,
+                    false,
+                    g.o,
+                    nb,
+                    ckk,
+                    T::ONE,
+                    w,
+                    ckk,
+                    &col[..ckk * nb],
+                    nb,
+                    beta,
+                    &mut yi[oy0 * wo..],
+                    hw,
+                );
+                oy0 = oy1;
+            }
+            continue;
+        }
         let src: &[T] = if g.is_pointwise() {
             xi
         } else {
@@ -1216,6 +1260,62 @@ mod tests {
         let l: f64 = col.iter().zip(&cv).map(|(a, b)| a * b).sum();
         let r: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
         assert!((l - r).abs() < 1e-12);
+    }
+
+    #[test]
+    fn conv_forward_in_bands_matches_one_whole_unfold() {
+        // Geometries whose unfold exceeds 8·CONV_BAND (so conv2d_fwd takes the banded path), with a last
+        // band shorter than the others: "same" 3×3 (65×67), strided 3×3 (130×130, s2), and batch 2.
+        for (n, c, h, w, o, stride, pad) in [
+            (1usize, 32usize, 65usize, 67usize, 5usize, 1usize, 1usize),
+            (2, 32, 130, 130, 3, 2, 1),
+        ] {
+            let g = ConvGeom {
+                n,
+                c,
+                h,
+                w,
+                o,
+                kh: 3,
+                kw: 3,
+                stride,
+                pad,
+            };
+            let hw = g.ho() * g.wo();
+            assert!(
+                g.ckk() * hw > 8 * CONV_BAND,
+                "the test must reach the banded path"
+            );
+            assert!(
+                g.ho() % (CONV_BAND / (g.ckk() * g.wo())).max(1) != 0,
+                "ragged last band"
+            );
+            let x: Vec<f64> = (0..n * c * h * w)
+                .map(|v| ((v as f64) * 0.37).sin())
+                .collect();
+            let wt: Vec<f64> = (0..o * g.ckk())
+                .map(|v| ((v as f64) * 0.53).cos())
+                .collect();
+            let b: Vec<f64> = (0..o).map(|v| v as f64 - 1.5).collect();
+            let y = conv2d_fwd(&x, &wt, Some(&b), &g);
+            let mut col = vec![f64::NAN; g.ckk() * hw];
+            for i in 0..n {
+                im2col(&x[i * c * h * w..(i + 1) * c * h * w], &g, &mut col);
+                for oc in 0..o {
+                    for p in 0..hw {
+                        let r: f64 = b[oc]
+                            + (0..g.ckk())
+                                .map(|k| wt[oc * g.ckk() + k] * col[k * hw + p])
+                                .sum::<f64>();
+                        let got = y[(i * o + oc) * hw + p];
+                        assert!(
+                            (got - r).abs() <= 1e-9 * r.abs().max(1.0),
+                            "n{i} o{oc} p{p}: {got} vs {r} ({g:?})"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// The element-by-element definition of im2col, to check the sliced fast path against.
