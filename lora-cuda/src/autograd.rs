@@ -50,6 +50,19 @@ pub struct Param {
 pub struct ParamStore {
     params: Vec<Param>,
     by_name: std::collections::HashMap<String, ParamId>,
+    id: StoreId,
+}
+
+/// A process-unique number per store (clones share it): gradients are keyed by [`ParamId`], an index within one
+/// store, so a graph must not take trainable parameters from two stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoreId(u64);
+
+impl Default for StoreId {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        StoreId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl ParamStore {
@@ -226,6 +239,8 @@ struct Node {
 pub struct Graph {
     nodes: Vec<Node>,
     grad_enabled: bool,
+    /// The one store whose trainable parameters this graph differentiates.
+    trainable_store: Option<StoreId>,
 }
 
 impl Default for Graph {
@@ -240,6 +255,7 @@ impl Graph {
         Graph {
             nodes: Vec::new(),
             grad_enabled: true,
+            trainable_store: None,
         }
     }
 
@@ -248,6 +264,7 @@ impl Graph {
         Graph {
             nodes: Vec::new(),
             grad_enabled: false,
+            trainable_store: None,
         }
     }
 
@@ -297,6 +314,20 @@ impl Graph {
     /// Brings a parameter onto the tape; trainable parameters require gradients.
     pub fn param(&mut self, store: &ParamStore, id: ParamId) -> Result<Var> {
         let p = store.get(id)?;
+        if self.grad_enabled && p.trainable {
+            match self.trainable_store {
+                None => self.trainable_store = Some(store.id),
+                Some(s) if s != store.id => {
+                    return Err(Error::InvalidArgument {
+                        what: "Graph::param".into(),
+                        msg: "trainable parameters from a second ParamStore in one graph (gradients are keyed by \
+                              index within one store: freeze the other store)"
+                            .into(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
         self.nodes.push(Node {
             value: p.value.clone(),
             inputs: vec![],
@@ -728,5 +759,31 @@ impl Graph {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trainable_parameters_from_two_stores_are_refused() {
+        let mut a = ParamStore::new();
+        let mut b = ParamStore::new();
+        let t = Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
+        let ia = a.add("w", t.clone(), true).unwrap();
+        let ib = b.add("w", t.clone(), true).unwrap();
+        let mut g = Graph::new();
+        g.param(&a, ia).unwrap();
+        assert!(g.param(&a, ia).is_ok(), "the same store again is fine");
+        let e = g.param(&b, ib).unwrap_err().to_string();
+        assert!(e.contains("second ParamStore"), "{e}");
+        // A frozen parameter of another store is fine, and so is a second store in an inference graph.
+        let mut c = ParamStore::new();
+        let ic = c.add("w", t.clone(), false).unwrap();
+        assert!(g.param(&c, ic).is_ok());
+        let mut inf = Graph::inference();
+        inf.param(&a, ia).unwrap();
+        assert!(inf.param(&b, ib).is_ok());
     }
 }

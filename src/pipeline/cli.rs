@@ -140,7 +140,8 @@ pub struct CommonArgs {
     /// Base model A (default: the demo base A, assets/demo_base_a.safetensors).
     #[arg(long)]
     pub ckpt: Option<PathBuf>,
-    /// Base model B, which the LoRAs are not trained on (default: assets/demo_base_b.safetensors if present).
+    /// Base model B, which the LoRAs are not trained on (default: assets/demo_base_b.safetensors if present and
+    /// --ckpt is not given).
     #[arg(long)]
     pub ckpt_b: Option<PathBuf>,
     /// With no base checkpoint at hand: seeded random-init stand-ins of this config (demo or tiny).

@@ -71,7 +71,8 @@ pub struct CopierOptions {
     pub out: PathBuf,
     /// `--ckpt`: base model A (default: the demo base A, [`DEFAULT_BASE_A`]).
     pub ckpt: Option<PathBuf>,
-    /// `--ckpt_b`: base model B, which the LoRAs are not trained on (default: [`DEFAULT_BASE_B`] if present).
+    /// `--ckpt_b`: base model B, which the LoRAs are not trained on (default: [`DEFAULT_BASE_B`] if present and
+    /// `--ckpt` is not given).
     pub ckpt_b: Option<PathBuf>,
     /// `--init_random CONFIG`: when no base checkpoint exists, use seeded random-init models of this config.
     pub init_random: Option<String>,
@@ -247,13 +248,18 @@ fn validate(o: &CopierOptions) -> Result<Plan> {
         path: DEFAULT_BASE_A.into(),
         msg: "the demo base model A is not there: pass --ckpt, or --init_random demo for a random-init stand-in".into(),
     })?;
-    let b_src = base_source(
-        o.ckpt_b.as_deref(),
-        DEFAULT_BASE_B,
-        o.init_random.as_deref(),
-        2,
-        "--ckpt_b",
-    )?;
+    // The demo base B stands in only beside the demo base A: a user's own --ckpt gets no default B.
+    let b_src = if o.ckpt.is_some() && o.ckpt_b.is_none() {
+        None
+    } else {
+        base_source(
+            o.ckpt_b.as_deref(),
+            DEFAULT_BASE_B,
+            o.init_random.as_deref(),
+            2,
+            "--ckpt_b",
+        )?
+    };
     Ok(Plan {
         effects,
         a_src,

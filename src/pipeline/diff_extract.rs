@@ -208,13 +208,18 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
         path: DEFAULT_BASE_A.into(),
         msg: "the demo base model A is not there: pass --ckpt, or --init_random demo for a random-init stand-in".into(),
     })?;
-    let b_src = base_source(
-        o.ckpt_b.as_deref(),
-        DEFAULT_BASE_B,
-        o.init_random.as_deref(),
-        2,
-        "--ckpt_b",
-    )?;
+    // The demo base B stands in only beside the demo base A: a user's own --ckpt gets no default B.
+    let b_src = if o.ckpt.is_some() && o.ckpt_b.is_none() {
+        None
+    } else {
+        base_source(
+            o.ckpt_b.as_deref(),
+            DEFAULT_BASE_B,
+            o.init_random.as_deref(),
+            2,
+            "--ckpt_b",
+        )?
+    };
     let a_file = match &a_src {
         BaseSource::File(p) => Some(load_model(p)?),
         _ => None,

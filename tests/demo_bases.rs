@@ -1,0 +1,73 @@
+//! The committed demo base models (assets/demo_base_{a,b}.safetensors, made by scripts/model_pretrain.sh):
+//! they load through the pipelines' loader with the demo configs and tokenizer, they are two different models,
+//! their metadata records the recipe, and they sample finite images of the demo size.
+//!
+//! Not checked here (not met yet, see issue 6): that a prompt's colour and shape show in the image — the
+//! committed bases are short pretraining runs whose samples do not follow the prompt yet.
+
+use std::path::Path;
+
+use copier_lora::lora_cuda::model::checkpoint::load_checkpoint;
+use copier_lora::lora_cuda::model::{ClipConfig, UNetConfig};
+use copier_lora::pipeline::gen::{sample_jobs, Job, SampleSettings};
+use copier_lora::pipeline::model_io::load_model;
+
+fn asset(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join(name)
+}
+
+#[test]
+fn demo_bases_load_with_the_demo_configs_and_differ() {
+    let (a, info_a) = load_checkpoint(&asset("demo_base_a.safetensors")).expect("base A loads");
+    let (b, info_b) = load_checkpoint(&asset("demo_base_b.safetensors")).expect("base B loads");
+    for (m, info, name) in [(&a, &info_a, "A"), (&b, &info_b, "B")] {
+        assert_eq!(m.unet, UNetConfig::demo(), "base {name}: U-Net config");
+        assert_eq!(m.te, ClipConfig::demo(), "base {name}: text encoder config");
+        assert!(
+            info.tokenizer.is_some(),
+            "base {name}: tokenizer in the metadata"
+        );
+        let recipe = info.extra.get("copier_lora.recipe").expect("recipe");
+        assert!(recipe.contains("pretrain_demo"), "base {name}: {recipe}");
+    }
+    // B is A fine-tuned: same parameters, other values.
+    assert_eq!(a.num_parameters(), b.num_parameters());
+    let ids: Vec<_> = a.store.ids().collect();
+    let differing = ids
+        .iter()
+        .filter(|&&id| {
+            let va = a.store.value(id).unwrap().to_vec_f32().unwrap();
+            let vb = b.store.value(id).unwrap().to_vec_f32().unwrap();
+            va != vb
+        })
+        .count();
+    assert!(
+        differing * 2 > ids.len(),
+        "only {differing} of {} tensors differ between A and B",
+        ids.len()
+    );
+}
+
+#[test]
+fn demo_base_a_samples_finite_images_of_the_demo_size() {
+    let m = load_model(&asset("demo_base_a.safetensors")).expect("base A loads");
+    let jobs = [Job {
+        prompt: "red circle, large, white background".into(),
+        seed: 1,
+    }];
+    let settings = SampleSettings {
+        steps: 4,
+        ..SampleSettings::default()
+    };
+    let imgs = sample_jobs(&m, &[], &jobs, &settings).expect("samples");
+    assert_eq!(imgs.len(), 1);
+    assert_eq!((imgs[0].width, imgs[0].height), (64, 64));
+    // Not a constant image: the model produces structure.
+    let px = &imgs[0].data;
+    let (lo, hi) = px
+        .iter()
+        .fold((255u8, 0u8), |(l, h), &v| (l.min(v), h.max(v)));
+    assert!(hi > lo + 30, "pixel range {lo}..{hi}");
+}
