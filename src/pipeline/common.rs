@@ -118,6 +118,27 @@ pub enum BaseSource {
     },
 }
 
+/// Resolves `--ckpt` and `--ckpt_b` together: base A (required: the given file, the demo base A, or a
+/// `--init_random` stand-in) and base B (optional). The demo base B stands in only beside the demo base A: a
+/// user's own `--ckpt` gets no default B.
+pub fn base_sources(
+    ckpt: Option<&Path>,
+    ckpt_b: Option<&Path>,
+    init_random: Option<&str>,
+) -> Result<(BaseSource, Option<BaseSource>)> {
+    let a = base_source(ckpt, DEFAULT_BASE_A, init_random, 1, "--ckpt")?.ok_or_else(|| Error::Checkpoint {
+        path: DEFAULT_BASE_A.into(),
+        msg: "the demo base model A is not there: pass --ckpt, or --init_random demo for a random-init stand-in"
+            .into(),
+    })?;
+    let b = if ckpt.is_some() && ckpt_b.is_none() {
+        None
+    } else {
+        base_source(ckpt_b, DEFAULT_BASE_B, init_random, 2, "--ckpt_b")?
+    };
+    Ok((a, b))
+}
+
 /// Resolves `--ckpt`-style options.
 pub fn base_source(
     given: Option<&Path>,

@@ -19,8 +19,8 @@ use lora_cuda::sched::Rng;
 use lora_cuda::train::TrainItem;
 
 use super::common::{
-    base_source, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
-    BaseSource, Progress, DEFAULT_BASE_A, DEFAULT_BASE_B,
+    base_sources, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
+    BaseSource, Progress,
 };
 use super::effects::{measure, parse_effects, EffectSpec};
 use super::eval::{evaluate, grid_image, save_png, EvalLora, EvalResult};
@@ -69,9 +69,9 @@ impl Default for EvalOptions {
 pub struct CopierOptions {
     /// `--out`: the output folder.
     pub out: PathBuf,
-    /// `--ckpt`: base model A (default: the demo base A, [`DEFAULT_BASE_A`]).
+    /// `--ckpt`: base model A (default: the demo base A, [`DEFAULT_BASE_A`](super::common::DEFAULT_BASE_A)).
     pub ckpt: Option<PathBuf>,
-    /// `--ckpt_b`: base model B, which the LoRAs are not trained on (default: [`DEFAULT_BASE_B`] if present and
+    /// `--ckpt_b`: base model B, which the LoRAs are not trained on (default: [`DEFAULT_BASE_B`](super::common::DEFAULT_BASE_B) if present and
     /// `--ckpt` is not given).
     pub ckpt_b: Option<PathBuf>,
     /// `--init_random CONFIG`: when no base checkpoint exists, use seeded random-init models of this config.
@@ -244,22 +244,11 @@ fn validate(o: &CopierOptions) -> Result<Plan> {
             "must include −1 and +1 (the verdicts use them)",
         ));
     }
-    let a_src = base_source(o.ckpt.as_deref(), DEFAULT_BASE_A, o.init_random.as_deref(), 1, "--ckpt")?.ok_or_else(|| Error::Checkpoint {
-        path: DEFAULT_BASE_A.into(),
-        msg: "the demo base model A is not there: pass --ckpt, or --init_random demo for a random-init stand-in".into(),
-    })?;
-    // The demo base B stands in only beside the demo base A: a user's own --ckpt gets no default B.
-    let b_src = if o.ckpt.is_some() && o.ckpt_b.is_none() {
-        None
-    } else {
-        base_source(
-            o.ckpt_b.as_deref(),
-            DEFAULT_BASE_B,
-            o.init_random.as_deref(),
-            2,
-            "--ckpt_b",
-        )?
-    };
+    let (a_src, b_src) = base_sources(
+        o.ckpt.as_deref(),
+        o.ckpt_b.as_deref(),
+        o.init_random.as_deref(),
+    )?;
     Ok(Plan {
         effects,
         a_src,

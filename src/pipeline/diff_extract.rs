@@ -20,8 +20,8 @@ use lora_core::LoraFile;
 use lora_cuda::sched::Rng;
 
 use super::common::{
-    base_source, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
-    BaseSource, Progress, DEFAULT_BASE_A, DEFAULT_BASE_B,
+    base_sources, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
+    BaseSource, Progress,
 };
 use super::copier::{item, load_png, lora_meta, rgb_png, train_many, EvalOptions, RunSummary};
 use super::effects::{measure, parse_effects, EffectSpec};
@@ -204,22 +204,11 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
             "must be at least 1",
         ));
     }
-    let a_src = base_source(o.ckpt.as_deref(), DEFAULT_BASE_A, o.init_random.as_deref(), 1, "--ckpt")?.ok_or_else(|| Error::Checkpoint {
-        path: DEFAULT_BASE_A.into(),
-        msg: "the demo base model A is not there: pass --ckpt, or --init_random demo for a random-init stand-in".into(),
-    })?;
-    // The demo base B stands in only beside the demo base A: a user's own --ckpt gets no default B.
-    let b_src = if o.ckpt.is_some() && o.ckpt_b.is_none() {
-        None
-    } else {
-        base_source(
-            o.ckpt_b.as_deref(),
-            DEFAULT_BASE_B,
-            o.init_random.as_deref(),
-            2,
-            "--ckpt_b",
-        )?
-    };
+    let (a_src, b_src) = base_sources(
+        o.ckpt.as_deref(),
+        o.ckpt_b.as_deref(),
+        o.init_random.as_deref(),
+    )?;
     let a_file = match &a_src {
         BaseSource::File(p) => Some(load_model(p)?),
         _ => None,
