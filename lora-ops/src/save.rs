@@ -66,15 +66,8 @@ pub(crate) fn write_encoded(
                 source,
             }
         })?;
-    let io = |source| lora_core::Error::Io {
-        file: path.into(),
-        source,
-    };
-    let perms = std::fs::metadata(tmp.path()).map_err(io)?.permissions();
+    // write_safetensors renames its own temporary file (with the ordinary mode) over ours.
     write_safetensors(tmp.path(), &tensors, &meta)?;
-    // The safetensors crate writes through a private (0600) temporary file of its own and renames it over
-    // ours: restore the ordinary permissions `output_temp_file` chose.
-    std::fs::set_permissions(tmp.path(), perms).map_err(io)?;
     drop(tensors);
     // Re-hash what reached the disk, read in chunks (not mapped: the output stays out of the resident set).
     let actual = data_section_sha256(tmp.path()).map_err(|source| lora_core::Error::Io {
