@@ -18,6 +18,7 @@ use lora_core::SavePrecision;
 use lora_cuda::demo::{Style, WordTokenizer, World};
 use lora_cuda::model::checkpoint::{load_checkpoint, save_checkpoint, ModelInfo};
 use lora_cuda::model::{ClipConfig, SdModel, UNetConfig};
+use lora_cuda::sched::{BetaSchedule, NoiseSchedule, Prediction};
 use lora_cuda::schedule::{ScheduleKind, Warmup};
 use lora_cuda::train::{TrainConfig, TrainItem, Trainable, Trainer};
 
@@ -66,6 +67,44 @@ struct Args {
     /// Wall-clock budget per model in minutes: training stops early (and saves) when it is spent.
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// The model's DDPM schedule, `kind,beta_start,beta_end,T` (kind: linear or scaled_linear), kept in its
+    /// metadata. Pixel space needs more noise at the end than Stable Diffusion's latent schedule gives.
+    #[arg(long, default_value = "linear,0.0001,0.02,1000")]
+    noise_schedule: String,
+    /// The model's prediction type (epsilon or v_prediction), kept in its metadata.
+    #[arg(long, default_value = "epsilon")]
+    prediction: String,
+    /// Min-SNR loss weighting (gamma); 0 turns it off.
+    #[arg(long, default_value_t = 5.0)]
+    min_snr_gamma: f32,
+    /// Base A first trains this many minutes on images of half the side (4× cheaper per image: the
+    /// convolutional model learns colours, shapes and layout there), then on full-size ones.
+    #[arg(long, default_value_t = 0.0)]
+    low_res_minutes: f64,
+    /// Step budget of the low-resolution phase (its LR schedule is constant after warmup).
+    #[arg(long, default_value_t = 100_000)]
+    low_res_steps: u64,
+}
+
+/// `kind,beta_start,beta_end,T` → the schedule.
+fn parse_schedule(s: &str) -> Result<NoiseSchedule, String> {
+    let bad = || format!("--noise_schedule {s:?} (expected kind,beta_start,beta_end,T)");
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [kind, b0, b1, t] = parts[..] else {
+        return Err(bad());
+    };
+    let kind = match kind {
+        "linear" => BetaSchedule::Linear,
+        "scaled_linear" => BetaSchedule::ScaledLinear,
+        _ => return Err(bad()),
+    };
+    let b0: f64 = b0.parse().map_err(|_| bad())?;
+    let b1: f64 = b1.parse().map_err(|_| bad())?;
+    let t: usize = t.parse().map_err(|_| bad())?;
+    if !(b0 > 0.0 && b1 >= b0 && b1 < 1.0 && t > 1) {
+        return Err(bad());
+    }
+    Ok(NoiseSchedule::new(b0, b1, kind, t))
 }
 
 fn data(world: &World, n: u64, seed: u64) -> Vec<TrainItem> {
@@ -81,18 +120,26 @@ fn data(world: &World, n: u64, seed: u64) -> Vec<TrainItem> {
         .collect()
 }
 
+/// One training phase: `schedule` is the LR schedule, `minutes` its wall-clock budget.
+#[allow(clippy::too_many_arguments)]
 fn train(
     model: SdModel,
     items: &[TrainItem],
     steps: u64,
     lr: f64,
+    lr_scheduler: ScheduleKind,
+    minutes: Option<f64>,
     a: &Args,
+    noise: &(NoiseSchedule, Prediction),
     label: &str,
 ) -> Result<(SdModel, u64), String> {
     let cfg = TrainConfig {
         learning_rate: lr,
-        lr_scheduler: ScheduleKind::Cosine,
-        lr_warmup: Warmup::Steps((steps / 20).min(500)),
+        lr_scheduler,
+        lr_warmup: Warmup::Steps((steps / 20).min(200)),
+        schedule: noise.0.clone(),
+        prediction: noise.1,
+        min_snr_gamma: (a.min_snr_gamma > 0.0).then_some(a.min_snr_gamma),
         max_train_steps: steps,
         train_batch_size: a.batch,
         max_grad_norm: 1.0,
@@ -132,7 +179,7 @@ fn train(
                 start.elapsed().as_secs_f64()
             );
         }
-        if a.max_minutes
+        if minutes
             .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0)
         {
             out_of_time = true;
@@ -169,10 +216,55 @@ fn run(a: Args) -> Result<(), String> {
         None => SdModel::new_random(unet, te, a.seed).map_err(|e| e.to_string())?,
     };
     println!("model: {} parameters", model.num_parameters());
+    let noise = (
+        parse_schedule(&a.noise_schedule)?,
+        a.prediction.parse::<Prediction>()?,
+    );
+    let mut done_low = 0;
+    let model = if a.low_res_minutes > 0.0 {
+        let items_low = data(&World::new(side / 2, Style::A), a.images, a.seed);
+        let (m, done) = train(
+            model,
+            &items_low,
+            a.low_res_steps,
+            a.lr,
+            ScheduleKind::ConstantWithWarmup,
+            Some(a.low_res_minutes),
+            &a,
+            &noise,
+            "base A (half side)",
+        )?;
+        done_low = done;
+        // Kept so that a stopped full-size phase does not lose this one.
+        let info = ModelInfo {
+            tokenizer: Some(WordTokenizer::demo()),
+            schedule: noise.0.clone(),
+            prediction: noise.1,
+            ..ModelInfo::default()
+        };
+        let p = a.out_dir.join("demo_base_a_half_side.safetensors");
+        save_checkpoint(&m, &info, &p, SavePrecision::Fp16).map_err(|e| e.to_string())?;
+        println!("saved {} after {done} steps", p.display());
+        m
+    } else {
+        model
+    };
     let items_a = data(&World::new(side, Style::A), a.images, a.seed);
-    let (model_a, done_a) = train(model, &items_a, a.steps_a, a.lr, &a, "base A")?;
+    let (model_a, done_a) = train(
+        model,
+        &items_a,
+        a.steps_a,
+        a.lr,
+        ScheduleKind::Cosine,
+        a.max_minutes,
+        &a,
+        &noise,
+        "base A",
+    )?;
     let mut info = ModelInfo {
         tokenizer: Some(WordTokenizer::demo()),
+        schedule: noise.0.clone(),
+        prediction: noise.1,
         ..ModelInfo::default()
     };
     info.extra.insert(
@@ -181,7 +273,7 @@ fn run(a: Args) -> Result<(), String> {
     );
     info.extra.insert(
         "copier_lora.recipe".into(),
-        format!("{recipe}  # steps done: {done_a}"),
+        format!("{recipe}  # steps done: {done_low} at half side, {done_a} full"),
     );
     let pa = a.out_dir.join("demo_base_a.safetensors");
     save_checkpoint(&model_a, &info, &pa, SavePrecision::Fp16).map_err(|e| e.to_string())?;
@@ -194,14 +286,24 @@ fn run(a: Args) -> Result<(), String> {
         return Ok(());
     }
     let items_b = data(&World::new(side, Style::B), a.images, a.seed ^ 0xB);
-    let (model_b, done_b) = train(model_a, &items_b, a.steps_b, a.lr_b, &a, "base B")?;
+    let (model_b, done_b) = train(
+        model_a,
+        &items_b,
+        a.steps_b,
+        a.lr_b,
+        ScheduleKind::Cosine,
+        a.max_minutes,
+        &a,
+        &noise,
+        "base B",
+    )?;
     info.extra.insert(
         "copier_lora.title".into(),
         "demo base B (base A fine-tuned on style B)".into(),
     );
     info.extra.insert(
         "copier_lora.recipe".into(),
-        format!("{recipe}  # steps done: A {done_a}, B {done_b}"),
+        format!("{recipe}  # steps done: A {done_low} at half side + {done_a} full, B {done_b}"),
     );
     let pb = a.out_dir.join("demo_base_b.safetensors");
     save_checkpoint(&model_b, &info, &pb, SavePrecision::Fp16).map_err(|e| e.to_string())?;
