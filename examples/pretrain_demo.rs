@@ -207,10 +207,17 @@ fn run(a: Args) -> Result<(), String> {
         o => return Err(format!("--config {o:?} (expected demo or tiny)")),
     };
     std::fs::create_dir_all(&a.out_dir).map_err(|e| format!("{}: {e}", a.out_dir.display()))?;
-    let recipe = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut recipe = std::env::args().collect::<Vec<_>>().join(" ");
     let t0 = Instant::now();
     let model = match &a.resume_a {
-        Some(p) => load_checkpoint(p).map_err(|e| e.to_string())?.0,
+        Some(p) => {
+            let (m, info) = load_checkpoint(p).map_err(|e| e.to_string())?;
+            // The resumed model's own recipe stays in the chain.
+            if let Some(r) = info.extra.get("copier_lora.recipe") {
+                recipe = format!("{r}  ;  then: {recipe}");
+            }
+            m
+        }
         None => SdModel::new_random(unet, te, a.seed).map_err(|e| e.to_string())?,
     };
     println!("model: {} parameters", model.num_parameters());
