@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use copier_lora::pipeline::gen::{to_dynamic, SampleSettings};
+use copier_lora::lora_cuda::demo::measure::psnr;
+use copier_lora::pipeline::gen::{from_dynamic, to_dynamic, SampleSettings};
 use copier_lora::pipeline::model_io::load_model;
 use copier_lora::pipeline::prompt_check::{check_prompts, check_scenes, hit_rates};
 use image::{imageops, RgbImage};
@@ -37,6 +38,12 @@ struct Args {
     /// Print one line per image.
     #[arg(long)]
     verbose: bool,
+    /// Use only the first N prompts (spread over colours and shapes).
+    #[arg(long)]
+    prompts: Option<usize>,
+    /// A copier model's check: also the PSNR of every image to this one (the original it should copy).
+    #[arg(long)]
+    reference: Option<PathBuf>,
 }
 
 fn run(a: Args) -> Result<(), String> {
@@ -47,7 +54,13 @@ fn run(a: Args) -> Result<(), String> {
         ..SampleSettings::default()
     };
     let seeds: Vec<u64> = (1..=a.seeds.max(1)).collect();
-    let scenes = check_scenes();
+    let mut scenes = check_scenes();
+    if let Some(n) = a.prompts {
+        // Every 7th scene walks colours and shapes both (30 scenes, 7 coprime to 30).
+        scenes = (0..n.min(scenes.len()))
+            .map(|i| scenes[(i * 7) % scenes.len()])
+            .collect();
+    }
     let t0 = std::time::Instant::now();
     let res = check_prompts(&m, &scenes, &seeds, &settings).map_err(|e| e.to_string())?;
     if a.verbose {
@@ -68,6 +81,17 @@ fn run(a: Args) -> Result<(), String> {
         100.0 * s,
         t0.elapsed().as_secs_f64()
     );
+    if let Some(rp) = &a.reference {
+        let r = image::open(rp).map_err(|e| format!("{}: {e}", rp.display()))?;
+        let r = from_dynamic(&r);
+        let p: Vec<f64> = res.iter().map(|x| psnr(&x.image, &r)).collect();
+        let mean = p.iter().sum::<f64>() / p.len().max(1) as f64;
+        let min = p.iter().cloned().fold(f64::INFINITY, f64::min);
+        println!(
+            "PSNR to {}: mean {mean:.2} dB, min {min:.2} dB",
+            rp.display()
+        );
+    }
     if let Some(path) = &a.grid {
         let side = res.first().map_or(0, |r| r.image.width as u32);
         let cols = seeds.len() as u32;

@@ -241,12 +241,16 @@ fn run(a: Args) -> Result<(), String> {
         )?;
         done_low = done;
         // Kept so that a stopped full-size phase does not lose this one.
-        let info = ModelInfo {
+        let mut info = ModelInfo {
             tokenizer: Some(WordTokenizer::demo()),
             schedule: noise.0.clone(),
             prediction: noise.1,
             ..ModelInfo::default()
         };
+        info.extra.insert(
+            "copier_lora.recipe".into(),
+            format!("{recipe}  # steps done: {done} at half side"),
+        );
         let p = a.out_dir.join("demo_base_a_half_side.safetensors");
         save_checkpoint(&m, &info, &p, SavePrecision::Fp16).map_err(|e| e.to_string())?;
         println!("saved {} after {done} steps", p.display());
