@@ -204,10 +204,11 @@ pub fn svd_merge_factors(
     }
     let mut up_buf = std::mem::take(&mut ws.up_stack);
     let mut down_buf = std::mem::take(&mut ws.down_stack);
-    up_buf.clear();
+    // Every element is assigned below: only growth is zero-filled, not each module's whole stack.
     up_buf.resize(out * total, 0.0);
-    down_buf.clear();
+    up_buf.truncate(out * total);
     down_buf.resize(total * n, 0.0);
+    down_buf.truncate(total * n);
     let mut up_stack = Array2::from_shape_vec((out, total), up_buf).expect("sized above");
     let mut down_stack = Array2::from_shape_vec((total, n), down_buf).expect("sized above");
     let mut at = 0;

@@ -171,16 +171,33 @@ fn read_f32(f: &SafetensorsFile, file: &std::fs::File, name: &str) -> Result<nda
     };
     let mut out = vec![0f32; n];
     if elem == 2 {
-        let mut bits = vec![0u16; n];
-        // SAFETY: a u16 buffer viewed as its 2·n bytes; every byte pattern is a valid u16.
-        let raw = unsafe { std::slice::from_raw_parts_mut(bits.as_mut_ptr().cast::<u8>(), n * 2) };
-        file.read_exact_at(raw, start).map_err(io)?;
-        if info.dtype == DType::F16 {
-            let h: &[half::f16] = bits.reinterpret_cast();
-            h.convert_to_f32_slice(&mut out);
-        } else {
-            let h: &[half::bf16] = bits.reinterpret_cast();
-            h.convert_to_f32_slice(&mut out);
+        // The 16-bit values are read into the second half of the output's own bytes and widened in place,
+        // front to back (no second buffer to allocate and fault in). Each chunk is copied out before its
+        // `f32`s are stored: they end at byte 4·(i+c), which reaches a later chunk's source (from byte
+        // 2·n + 2·(i+c)) only for the last chunk, when there is none.
+        // SAFETY: the f32 buffer viewed as its 4·n bytes; every bit pattern is a valid f32 (NaN/inf are
+        // refused below).
+        let raw = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), n * 4) };
+        file.read_exact_at(&mut raw[n * 2..], start).map_err(io)?;
+        const CHUNK: usize = 2048;
+        let mut bits = [0u16; CHUNK];
+        let mut wide = [0f32; CHUNK];
+        for i in (0..n).step_by(CHUNK) {
+            let c = CHUNK.min(n - i);
+            let src = &raw[2 * n + 2 * i..2 * n + 2 * (i + c)];
+            for (b, pair) in bits[..c].iter_mut().zip(src.chunks_exact(2)) {
+                *b = u16::from_le_bytes([pair[0], pair[1]]);
+            }
+            if info.dtype == DType::F16 {
+                let h: &[half::f16] = bits[..c].reinterpret_cast();
+                h.convert_to_f32_slice(&mut wide[..c]);
+            } else {
+                let h: &[half::bf16] = bits[..c].reinterpret_cast();
+                h.convert_to_f32_slice(&mut wide[..c]);
+            }
+            for (dst, v) in raw[4 * i..4 * (i + c)].chunks_exact_mut(4).zip(&wide[..c]) {
+                dst.copy_from_slice(&v.to_le_bytes());
+            }
         }
     } else {
         // SAFETY: an f32 buffer viewed as its 4·n bytes; every bit pattern is a valid f32 (NaN/inf are

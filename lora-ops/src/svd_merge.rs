@@ -11,6 +11,7 @@ use crate::common::{
 };
 use crate::error::{Error, Result};
 use crate::module::{svd_merge_factors, WeightedFactors, Workspace};
+use crate::save::{encode_module, EncodedLora};
 use crate::shape::ModuleShape;
 use crate::source::ModuleSource;
 
@@ -55,6 +56,31 @@ pub fn svd_merge<S: ModuleSource + ?Sized>(
     loras: &[&S],
     opts: &SvdMergeOptions,
 ) -> Result<LoraFile> {
+    let (modules, meta) = svd_merge_with(loras, opts, Ok)?;
+    Ok(LoraFile::new(modules, meta))
+}
+
+/// [`svd_merge`] with each merged module encoded for the file (dtype `precision`, `save`'s alpha dtype and
+/// overflow rule) on the worker that computed it, so the `f32` result is never held whole (the tool's
+/// path). Write it with [`EncodedLora::write`] to the same `path` (named in encoding errors).
+pub fn svd_merge_encoded<S: ModuleSource + ?Sized>(
+    loras: &[&S],
+    opts: &SvdMergeOptions,
+    path: &std::path::Path,
+    precision: SavePrecision,
+    save: &lora_core::SaveOptions,
+) -> Result<EncodedLora> {
+    let (encoded, metadata) =
+        svd_merge_with(loras, opts, |m| encode_module(m, path, precision, save))?;
+    Ok(EncodedLora::new(encoded, metadata))
+}
+
+/// The merge, with each merged module passed through `finish` on the worker that computed it.
+fn svd_merge_with<S: ModuleSource + ?Sized, T: Send>(
+    loras: &[&S],
+    opts: &SvdMergeOptions,
+    finish: impl Fn(LoraModule) -> Result<T> + Sync,
+) -> Result<(Vec<T>, Metadata)> {
     if loras.is_empty() || loras.len() != opts.ratios.len() {
         return Err(Error::InvalidArgument(format!(
             "{} models but {} ratios: give one ratio per model",
@@ -86,7 +112,7 @@ pub fn svd_merge<S: ModuleSource + ?Sized>(
     }
     let _blas = SingleThreadedBlas::new();
     let entries: Vec<_> = by_name.into_iter().collect();
-    let modules: Vec<Result<LoraModule>> = entries
+    let modules: Vec<Result<T>> = entries
         .par_iter()
         .map_init(Workspace::new, |ws, (name, inputs)| {
             let mut rounded: Vec<(ModuleShape, LoraModule, f32)> = Vec::with_capacity(inputs.len());
@@ -131,7 +157,7 @@ pub fn svd_merge<S: ModuleSource + ?Sized>(
             let k = max_rank.min(shape.in_channels()).min(shape.out());
             let f = svd_merge_factors(&views, k, opts.clamp_quantile, name, ws)?;
             let k = f.rank();
-            module_from_factors(name, shape, f, Some(k as f32))
+            finish(module_from_factors(name, shape, f, Some(k as f32))?)
         })
         .collect();
     let modules = modules.into_iter().collect::<Result<Vec<_>>>()?;
@@ -148,5 +174,5 @@ pub fn svd_merge<S: ModuleSource + ?Sized>(
             ("conv_alpha", PyValue::Int(conv_rank as i64)),
         ]),
     );
-    Ok(LoraFile::new(modules, meta))
+    Ok((modules, meta))
 }
