@@ -22,6 +22,12 @@ pub trait ModuleSource: Sync {
     fn name(&self, i: usize) -> &str;
     /// Module `i` with `f32` factors (borrowed when already in memory).
     fn module(&self, i: usize) -> Result<Cow<'_, LoraModule>>;
+    /// Number of elements of module `i`'s factors without reading them (0 when unknown): used to schedule
+    /// the largest modules first.
+    fn numel_hint(&self, i: usize) -> usize {
+        let _ = i;
+        0
+    }
     /// The file's `__metadata__`.
     fn metadata(&self) -> &Metadata;
 }
@@ -35,6 +41,9 @@ impl ModuleSource for LoraFile {
     }
     fn module(&self, i: usize) -> Result<Cow<'_, LoraModule>> {
         Ok(Cow::Borrowed(&self.modules[i]))
+    }
+    fn numel_hint(&self, i: usize) -> usize {
+        self.modules[i].down.len() + self.modules[i].up.len()
     }
     fn metadata(&self) -> &Metadata {
         &self.metadata
@@ -259,6 +268,17 @@ impl ModuleSource for LoraSource {
         match &self.backing {
             Backing::Mapped(_, e, _) => &e[i].name,
             Backing::Loaded(l) => &l.modules[i].name,
+        }
+    }
+
+    fn numel_hint(&self, i: usize) -> usize {
+        match &self.backing {
+            Backing::Mapped(f, e, _) => [&e[i].down, &e[i].up]
+                .iter()
+                .filter_map(|n| f.info(n).ok())
+                .map(|t| t.numel())
+                .sum(),
+            Backing::Loaded(l) => l.numel_hint(i),
         }
     }
 

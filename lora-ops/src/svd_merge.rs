@@ -111,56 +111,78 @@ fn svd_merge_with<S: ModuleSource + ?Sized, T: Send>(
         }
     }
     let _blas = SingleThreadedBlas::new();
+    let merge_entry = |ws: &mut Workspace, name: &str, inputs: &[(usize, usize)]| -> Result<T> {
+        let mut rounded: Vec<(ModuleShape, LoraModule, f32)> = Vec::with_capacity(inputs.len());
+        for &(i, j) in inputs {
+            let mut m = loras[i].module(j)?.into_owned();
+            round_to_precision(&mut m.up, opts.precision);
+            round_to_precision(&mut m.down, opts.precision);
+            let r = m.rank() as f32;
+            let alpha = m.alpha.unwrap_or(r);
+            // scale = alpha / dim, times the block's weight under --lbws (then times the ratio).
+            let mut scale = alpha / r;
+            if let Some(l) = &opts.lbws {
+                scale *= l.factor(i, name);
+            }
+            let coef = opts.ratios[i] * scale;
+            let (shape, _, _) = module_views(&m)?;
+            rounded.push((shape, m, coef));
+        }
+        let shape = rounded[0].0;
+        for (s, _, _) in &rounded {
+            if s.out() != shape.out() || s.cols() != shape.cols() {
+                return Err(Error::shape(
+                    name,
+                    format!("inputs disagree on the module shape: {s:?} vs {shape:?}"),
+                ));
+            }
+        }
+        let mut views = Vec::with_capacity(rounded.len());
+        for (_, m, coef) in &rounded {
+            let (_, up, down) = module_views(m)?;
+            views.push(WeightedFactors {
+                up,
+                down,
+                coef: *coef,
+            });
+        }
+        let max_rank = if shape.is_conv_kxk() {
+            conv_rank
+        } else {
+            opts.new_rank
+        };
+        let k = max_rank.min(shape.in_channels()).min(shape.out());
+        let f = svd_merge_factors(&views, k, opts.clamp_quantile, name, ws)?;
+        let k = f.rank();
+        finish(module_from_factors(name, shape, f, Some(k as f32))?)
+    };
     let entries: Vec<_> = by_name.into_iter().collect();
-    let modules: Vec<Result<T>> = entries
+    // Largest modules first (cost ∝ factor elements), so that the last modules to finish are small ones
+    // and neither thread waits long for the other; results are put back in name order.
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_cached_key(|&e| {
+        std::cmp::Reverse(
+            entries[e]
+                .1
+                .iter()
+                .map(|&(i, j)| loras[i].numel_hint(j))
+                .sum::<usize>(),
+        )
+    });
+    let done: Vec<(usize, Result<T>)> = order
         .par_iter()
-        .map_init(Workspace::new, |ws, (name, inputs)| {
-            let mut rounded: Vec<(ModuleShape, LoraModule, f32)> = Vec::with_capacity(inputs.len());
-            for &(i, j) in inputs {
-                let mut m = loras[i].module(j)?.into_owned();
-                round_to_precision(&mut m.up, opts.precision);
-                round_to_precision(&mut m.down, opts.precision);
-                let r = m.rank() as f32;
-                let alpha = m.alpha.unwrap_or(r);
-                // scale = alpha / dim, times the block's weight under --lbws (then times the ratio).
-                let mut scale = alpha / r;
-                if let Some(l) = &opts.lbws {
-                    scale *= l.factor(i, name);
-                }
-                let coef = opts.ratios[i] * scale;
-                let (shape, _, _) = module_views(&m)?;
-                rounded.push((shape, m, coef));
-            }
-            let shape = rounded[0].0;
-            for (s, _, _) in &rounded {
-                if s.out() != shape.out() || s.cols() != shape.cols() {
-                    return Err(Error::shape(
-                        name,
-                        format!("inputs disagree on the module shape: {s:?} vs {shape:?}"),
-                    ));
-                }
-            }
-            let mut views = Vec::with_capacity(rounded.len());
-            for (_, m, coef) in &rounded {
-                let (_, up, down) = module_views(m)?;
-                views.push(WeightedFactors {
-                    up,
-                    down,
-                    coef: *coef,
-                });
-            }
-            let max_rank = if shape.is_conv_kxk() {
-                conv_rank
-            } else {
-                opts.new_rank
-            };
-            let k = max_rank.min(shape.in_channels()).min(shape.out());
-            let f = svd_merge_factors(&views, k, opts.clamp_quantile, name, ws)?;
-            let k = f.rank();
-            finish(module_from_factors(name, shape, f, Some(k as f32))?)
+        .map_init(Workspace::new, |ws, &e| {
+            let (name, inputs) = &entries[e];
+            (e, merge_entry(ws, name, inputs))
         })
         .collect();
+    let mut slots: Vec<Option<Result<T>>> = entries.iter().map(|_| None).collect();
+    for (e, r) in done {
+        slots[e] = Some(r);
+    }
+    let modules: Vec<Result<T>> = slots.into_iter().flatten().collect();
     let modules = modules.into_iter().collect::<Result<Vec<_>>>()?;
+
     let (v2, base) = first_v2_and_base(loras);
     let rank = opts.new_rank.to_string();
     let meta = Metadata::minimum_network(
