@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lora_core::{LoraFile, SaveOptions, SavePrecision};
 use lora_ops::modelspec::{merged_from, ModelSpec};
 use lora_ops::{
-    merge_into_checkpoint, merge_loras, LoraMergeOptions, ModelFamily, ModelMergeOptions,
+    merge_into_checkpoint, merge_loras_encoded, LoraMergeOptions, ModelFamily, ModelMergeOptions,
 };
 
 #[derive(Parser, Debug)]
@@ -145,7 +145,9 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 concat: a.concat,
                 precision: a.precision,
             };
-            let mut out = merge_loras(&refs, &opts)?;
+            let precision = a.save_precision.unwrap_or(a.precision);
+            let save = SaveOptions::default();
+            let mut out = merge_loras_encoded(&refs, &opts, &a.save_to, precision, &save)?;
             if !a.no_metadata {
                 ModelSpec {
                     v2: a.v2,
@@ -158,9 +160,8 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 .add_to(&mut out.metadata);
             }
-            let precision = a.save_precision.unwrap_or(a.precision);
-            let n = out.modules.len();
-            lora_ops::save_streamed(out, &a.save_to, precision, &SaveOptions::default())?;
+            let n = out.len();
+            out.write(&a.save_to, &save)?;
             eprintln!("merged {} modules into {}", n, a.save_to.display());
         }
     }

@@ -15,7 +15,7 @@ use indicatif::ProgressBar;
 use lora_core::{SaveOptions, SavePrecision};
 use lora_ops::modelspec::{merged_from, ModelSpec};
 use lora_ops::LoraSource;
-use lora_ops::{svd_merge, SvdMergeOptions};
+use lora_ops::{svd_merge_encoded, SvdMergeOptions};
 
 #[derive(Parser, Debug)]
 #[command(about = "Merge LoRAs by SVD (sd-scripts svd_merge_lora.py compatible)")]
@@ -81,7 +81,12 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
         ..SvdMergeOptions::default()
     };
-    let mut out = svd_merge(&refs, &opts)?;
+    let precision = a.save_precision.unwrap_or(a.precision);
+    let save = SaveOptions {
+        alpha_dtype: lora_core::AlphaDtype::I64,
+        ..SaveOptions::default()
+    };
+    let mut out = svd_merge_encoded(&refs, &opts, &a.save_to, precision, &save)?;
     if !a.no_metadata {
         let base = out
             .metadata
@@ -104,13 +109,8 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         .add_to(&mut out.metadata);
     }
-    let precision = a.save_precision.unwrap_or(a.precision);
-    let save = SaveOptions {
-        alpha_dtype: lora_core::AlphaDtype::I64,
-        ..SaveOptions::default()
-    };
-    let n = out.modules.len();
-    lora_ops::save_streamed(out, &a.save_to, precision, &save)?;
+    let n = out.len();
+    out.write(&a.save_to, &save)?;
     bar.finish_and_clear();
     eprintln!("merged {} modules into {}", n, a.save_to.display());
     Ok(())

@@ -323,6 +323,26 @@ pub(crate) fn overflows(dtype: DType, x: f32) -> bool {
     }
 }
 
+/// The smallest magnitude that rounds to infinity in `dtype` (round to nearest even: halfway between the
+/// largest finite value and the next power of two, which rounds up because the largest finite value has an
+/// odd mantissa); infinity for dtypes that cannot overflow from `f32`. For finite `x`,
+/// `overflows(dtype, x) == (x.abs() >= overflow_threshold(dtype))` (tested at the boundary).
+pub(crate) fn overflow_threshold(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => 65520.0,
+        DType::BF16 => f32::from_bits(0x7f7f_8000),
+        _ => f32::INFINITY,
+    }
+}
+
+/// Whether every value is finite and below `limit` in magnitude: one branch-free pass (it vectorizes),
+/// NaN failing the comparison like infinity. Used as the fast path of the write checks, the position of
+/// a bad value being looked for only when this says there is one.
+pub(crate) fn all_below(v: &[f32], limit: f32) -> bool {
+    v.chunks(4096)
+        .all(|c| c.iter().fold(true, |ok, x| ok & (x.abs() < limit)))
+}
+
 /// Converts `f32` values to little-endian bytes of a float `dtype` (F32, F16, BF16, F64), clamping
 /// to the dtype's finite range when `clamp` is set. Returns `None` for a non-float dtype.
 pub(crate) fn f32_to_bytes(dtype: DType, v: &[f32], clamp: bool) -> Option<Vec<u8>> {
@@ -335,14 +355,25 @@ pub(crate) fn f32_to_bytes(dtype: DType, v: &[f32], clamp: bool) -> Option<Vec<u
         DType::F32 => bytemuck::cast_slice(v).to_vec(),
         DType::F64 => v.iter().flat_map(|&x| (x as f64).to_le_bytes()).collect(),
         DType::F16 => {
-            let mut h = vec![f16::ZERO; v.len()];
-            if clamp {
-                let c: Vec<f32> = v.iter().map(|&x| clamp_one(x)).collect();
-                h.convert_from_f32_slice(&c);
-            } else {
-                h.convert_from_f32_slice(v);
+            // Through a small buffer that stays in cache: one allocation of the output, no second copy.
+            const CHUNK: usize = 2048;
+            let mut out = Vec::with_capacity(v.len() * 2);
+            let mut h = [f16::ZERO; CHUNK];
+            let mut c = [0f32; CHUNK];
+            for src in v.chunks(CHUNK) {
+                let n = src.len();
+                let src = if clamp {
+                    for (d, &x) in c[..n].iter_mut().zip(src) {
+                        *d = clamp_one(x);
+                    }
+                    &c[..n]
+                } else {
+                    src
+                };
+                h[..n].convert_from_f32_slice(src);
+                out.extend_from_slice(bytemuck::cast_slice(&h[..n]));
             }
-            bytemuck::cast_slice(&h).to_vec()
+            out
         }
         DType::BF16 => {
             let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(clamp_one(x))).collect();
@@ -407,6 +438,22 @@ mod tests {
     #[test]
     fn overflow_detection() {
         assert!(overflows(DType::F16, 70000.0));
+        // The fast check's threshold is exactly where rounding starts to give infinity.
+        for dt in [DType::F16, DType::BF16] {
+            let t = overflow_threshold(dt);
+            for bits in t.to_bits() - 4..t.to_bits() + 4 {
+                for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                    assert_eq!(overflows(dt, x), x.abs() >= t, "{dt} {x:e}");
+                    assert_eq!(all_below(&[1.0, x], t), !overflows(dt, x), "{dt} {x:e}");
+                }
+            }
+            assert!(!all_below(&[0.0, f32::NAN], t));
+            assert!(!all_below(&[f32::NEG_INFINITY], t));
+        }
+        assert!(all_below(
+            &[f32::MAX, -f32::MAX],
+            overflow_threshold(DType::F32)
+        ));
         assert!(!overflows(DType::F16, 65504.0));
         assert!(!overflows(DType::F32, 1e38));
         let b = f32_to_bytes(DType::F16, &[1e6, -1e6], true).unwrap();

@@ -29,7 +29,7 @@ pub struct SshsHashes {
     pub legacy_hash: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -84,7 +84,10 @@ pub fn sshs_hashes(
     })
 }
 
-fn legacy_with_header<'a>(header: String, data: impl Iterator<Item = &'a [u8]>) -> String {
+pub(crate) fn legacy_with_header<'a>(
+    header: String,
+    data: impl Iterator<Item = &'a [u8]>,
+) -> String {
     let mut header = header.into_bytes();
     let padded = header.len().next_multiple_of(8);
     header.resize(padded, b' ');

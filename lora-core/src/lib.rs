@@ -66,4 +66,7 @@ pub use lora::{
 pub use metadata::{py_float_repr, py_json_dumps, Metadata, PyValue};
 pub use names::BaseModel;
 pub use read::{SafetensorsFile, TensorInfo, MAX_HEADER_LEN};
-pub use write::{ensure_not_input, header_json, output_temp_file, write_safetensors, TensorView};
+pub use write::{
+    ensure_not_input, header_json, output_temp_file, write_safetensors, write_safetensors_hashed,
+    TensorView,
+};

@@ -353,18 +353,18 @@ impl LoraFile {
                 };
                 push_checked(&mut out, path, name, view)?;
             }
-            let d = TensorView::from_f32_owned(
-                m.down.as_standard_layout().into_owned(),
-                wdtype,
-                opts.clamp,
-            )?;
-            push_checked(&mut out, path, format!("{}.lora_down.weight", m.name), d)?;
-            let u = TensorView::from_f32_owned(
-                m.up.as_standard_layout().into_owned(),
-                wdtype,
-                opts.clamp,
-            )?;
-            push_checked(&mut out, path, format!("{}.lora_up.weight", m.name), u)?;
+            // Encoded straight from the arrays when they are in standard layout (no f32 copy).
+            for (a, suffix) in [(&m.down, "lora_down.weight"), (&m.up, "lora_up.weight")] {
+                let v = match a.is_standard_layout() {
+                    true => TensorView::from_f32(a, wdtype, opts.clamp)?,
+                    false => TensorView::from_f32_owned(
+                        a.as_standard_layout().into_owned(),
+                        wdtype,
+                        opts.clamp,
+                    )?,
+                };
+                push_checked(&mut out, path, format!("{}.{suffix}", m.name), v)?;
+            }
         }
         Ok(out)
     }
@@ -413,7 +413,7 @@ fn push_checked(
     out: &mut Vec<(String, TensorView<'static>)>,
     path: &Path,
     name: String,
-    v: TensorView<'static>,
+    v: TensorView<'_>,
 ) -> Result<()> {
     v.check(path, &name)?;
     out.push((name, v.into_owned_bytes()));

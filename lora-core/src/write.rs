@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 use safetensors::View;
+use sha2::{Digest, Sha256};
 
-use crate::dtype::{f32_to_bytes, first_non_finite, overflows, DType};
+use crate::dtype::{
+    all_below, f32_to_bytes, first_non_finite, overflow_threshold, overflows, DType,
+};
 use crate::{Error, Metadata, Result};
 
 /// One tensor to write: dtype, shape and where its bytes come from.
@@ -102,6 +105,17 @@ impl<'a> TensorView<'a> {
         let Source::F32 { array, clamp } = &self.source else {
             return Ok(());
         };
+        let limit = if *clamp {
+            f32::INFINITY
+        } else {
+            overflow_threshold(self.dtype)
+        };
+        // Fast path: one vectorized pass; the slow scans below only locate what it found.
+        if let Some(s) = array.as_slice() {
+            if all_below(s, limit) {
+                return Ok(());
+            }
+        }
         let std;
         let v: &[f32] = match array.as_slice() {
             Some(s) => s,
@@ -296,6 +310,147 @@ pub fn write_safetensors(
     Ok(())
 }
 
+/// Writes tensors like [`write_safetensors`] and returns the file's sshs hashes, storing them in the
+/// header's metadata when `store_hashes` is set (what sd-scripts' savers do), in one pass over the data.
+///
+/// The header's length does not depend on the hash values (64 and 8 hex digits), so the data section is
+/// written at its final offset while another thread hashes the same in-memory bytes; the header follows.
+/// Before the file is put in place the data section is read back and compared byte for byte with the
+/// bytes that were hashed, so the stored `sshs_model_hash` is checked against what reached the file (a
+/// stronger check than hashing the read-back bytes a second time, and cheaper). Atomic like
+/// [`write_safetensors`]: on error nothing is left at `path`.
+pub fn write_safetensors_hashed(
+    path: impl AsRef<Path>,
+    tensors: &[(String, TensorView<'_>)],
+    metadata: &Metadata,
+    store_hashes: bool,
+) -> Result<crate::SshsHashes> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = path.as_ref();
+    let mut seen = HashSet::new();
+    for (name, t) in tensors {
+        if !seen.insert(name.as_str()) {
+            return Err(Error::DuplicateTensor {
+                file: path.into(),
+                tensor: name.clone(),
+            });
+        }
+        t.check(path, name)?;
+    }
+    let data: Vec<Cow<'_, [u8]>> = safetensors_order(tensors)
+        .into_iter()
+        .map(|(_, t)| t.bytes())
+        .collect();
+    let legacy_hash = crate::hash::legacy_with_header(
+        header_json(tensors, &metadata.ss_only())?,
+        data.iter().map(|d| d.as_ref()),
+    );
+    // The header as it will be, with a stand-in model hash of the same length.
+    let header_with = |model_hash: &str| -> Result<Vec<u8>> {
+        let mut meta = metadata.clone();
+        if store_hashes {
+            meta.insert("sshs_model_hash", model_hash.to_string());
+            meta.insert("sshs_legacy_hash", legacy_hash.clone());
+        }
+        let mut h = header_json(tensors, &meta)?.into_bytes();
+        h.resize(h.len().next_multiple_of(8), b' ');
+        Ok(h)
+    };
+    let header_len = header_with(&"0".repeat(64))?.len();
+    if header_len as u64 > crate::MAX_HEADER_LEN {
+        return Err(Error::Write {
+            file: path.into(),
+            message: format!("header of {header_len} bytes is too large"),
+        });
+    }
+    let data_start = 8 + header_len as u64;
+    let data_len: u64 = data.iter().map(|d| d.len() as u64).sum();
+    let io = |e| Error::io(path, e);
+    let dir = parent_dir(path);
+    let tmp = output_temp_file(&dir, ".lora-core-", ".tmp").map_err(io)?;
+    let file = tmp.as_file();
+    file.set_len(data_start + data_len).map_err(io)?;
+    let (model_hash, written) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| {
+            let mut h = Sha256::new();
+            for d in &data {
+                h.update(d);
+            }
+            crate::hash::hex(&h.finalize())
+        });
+        let written = write_at(file, data_start, &data).and_then(|()| {
+            let mut f = file;
+            f.seek(SeekFrom::Start(data_start))?;
+            same_bytes(f, &data)
+        });
+        let hash = hashing
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (hash, written)
+    });
+    if !written.map_err(io)? {
+        return Err(Error::Write {
+            file: path.into(),
+            message: "the data read back differs from the data hashed".into(),
+        });
+    }
+    let header = header_with(&model_hash)?;
+    if header.len() != header_len {
+        return Err(Error::Write {
+            file: path.into(),
+            message: "the header changed length once the hashes were known".into(),
+        });
+    }
+    let mut f = file;
+    f.seek(SeekFrom::Start(0)).map_err(io)?;
+    f.write_all(&(header_len as u64).to_le_bytes())
+        .map_err(io)?;
+    f.write_all(&header).map_err(io)?;
+    f.flush().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(crate::SshsHashes {
+        model_hash,
+        legacy_hash,
+    })
+}
+
+/// Writes `data` one piece after another from byte `start` of `file` (small pieces batched).
+fn write_at(file: &std::fs::File, start: u64, data: &[Cow<'_, [u8]>]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = file;
+    f.seek(SeekFrom::Start(start))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+    for d in data {
+        w.write_all(d)?;
+    }
+    w.flush()
+}
+
+/// Whether the bytes read from `r` are exactly the concatenation of `data`.
+fn same_bytes(mut r: impl std::io::Read, data: &[Cow<'_, [u8]>]) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut have, mut at) = (0usize, 0usize);
+    for d in data {
+        let mut d: &[u8] = d;
+        while !d.is_empty() {
+            if at == have {
+                have = r.read(&mut buf)?;
+                at = 0;
+                if have == 0 {
+                    return Ok(false);
+                }
+            }
+            let n = d.len().min(have - at);
+            if d[..n] != buf[at..at + n] {
+                return Ok(false);
+            }
+            d = &d[n..];
+            at += n;
+        }
+    }
+    Ok(true)
+}
+
 pub(crate) fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -360,6 +515,61 @@ mod tests {
             .map(|(n, _)| n.as_str())
             .collect();
         assert_eq!(order, ["a.alpha", "c", "b.weight"]);
+    }
+
+    /// One pass (hash while writing, compare the read-back) writes what the safetensors crate writes,
+    /// with the hashes `sshs_hashes` computes stored in the metadata.
+    #[test]
+    fn hashed_write_matches_plain_write_and_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        // Large enough for the legacy window (bytes 0x100000..0x110000) and several read-back chunks.
+        let big = ndarray::Array::from_shape_fn((700, 1100), |(i, j)| (i * 31 + j) as f32 * 1e-3)
+            .into_dyn();
+        let small = arr2(&[[1.0f32, -2.0]]).into_dyn();
+        let tensors = vec![
+            (
+                "b.weight".to_string(),
+                TensorView::from_f32(&big, DType::F16, false).unwrap(),
+            ),
+            ("a.alpha".to_string(), TensorView::scalar_i64(4)),
+            (
+                "c".to_string(),
+                TensorView::from_f32(&small, DType::F32, false).unwrap(),
+            ),
+        ];
+        let mut meta = Metadata::new();
+        meta.insert("ss_network_dim", "4");
+        meta.insert("modelspec.title", "x");
+        let want = crate::hash::sshs_hashes(&tensors, &meta).unwrap();
+        let (p1, p2) = (dir.path().join("1"), dir.path().join("2"));
+        for store in [true, false] {
+            let got = write_safetensors_hashed(&p2, &tensors, &meta, store).unwrap();
+            assert_eq!(got, want);
+            let mut m = meta.clone();
+            if store {
+                m.insert("sshs_model_hash", want.model_hash.clone());
+                m.insert("sshs_legacy_hash", want.legacy_hash.clone());
+            }
+            write_safetensors(&p1, &tensors, &m).unwrap();
+            let (a, b) = (
+                crate::SafetensorsFile::open(&p1).unwrap(),
+                crate::SafetensorsFile::open(&p2).unwrap(),
+            );
+            assert_eq!(a.bytes().len(), b.bytes().len());
+            assert_eq!(a.data_section(), b.data_section());
+            assert_eq!(a.metadata().to_hash_map(), b.metadata().to_hash_map());
+            assert_eq!(crate::hash::sshs_hashes_of_file(&b).unwrap(), want);
+        }
+        // Refused input leaves nothing behind.
+        let huge = arr2(&[[1e6f32]]).into_dyn();
+        let bad = vec![(
+            "w".to_string(),
+            TensorView::from_f32(&huge, DType::F16, false).unwrap(),
+        )];
+        let p3 = dir.path().join("3");
+        let e = write_safetensors_hashed(&p3, &bad, &meta, true).unwrap_err();
+        assert!(matches!(e, Error::Overflow { .. }), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

@@ -146,9 +146,10 @@ impl Basis {
     }
 }
 
-/// The upper triangle of `aᵀ·a` (`r × r`) for a standard-layout `a` (`m × r`), by one `dsyrk` (half the
-/// work of a general product); the strict lower triangle is left zero (the Cholesky reads the upper one).
-fn gram_upper(a: &Array2<f64>) -> Array2<f64> {
+/// The upper triangle of `aᵀ·a` (`r × r`) for a standard-layout `a` (`m × r`), or of `a·aᵀ` when
+/// `transposed` (then `a` is `r × m`), by one `dsyrk` (half the work of a general product); the strict
+/// lower triangle is left zero (the Cholesky reads the upper one).
+fn gram_upper(a: &Array2<f64>, transposed: bool) -> Array2<f64> {
     extern "C" {
         fn cblas_dsyrk(
             order: i32,
@@ -167,26 +168,39 @@ fn gram_upper(a: &Array2<f64>) -> Array2<f64> {
     const ROW_MAJOR: i32 = 101;
     const UPPER: i32 = 121;
     const TRANS: i32 = 112;
-    let (m, r) = a.dim();
+    const NO_TRANS: i32 = 111;
+    let (m, r) = if transposed {
+        (a.ncols(), a.nrows())
+    } else {
+        a.dim()
+    };
+    let fallback = || {
+        if transposed {
+            a.dot(&a.t())
+        } else {
+            a.t().dot(a)
+        }
+    };
     let mut c = Array2::<f64>::zeros((r, r));
     let (Some(src), Some(dst)) = (a.as_slice(), c.as_slice_mut()) else {
-        return a.t().dot(a);
+        return fallback();
     };
     if m > i32::MAX as usize || r > i32::MAX as usize {
-        return a.t().dot(a);
+        return fallback();
     }
-    // SAFETY: `src` is `m × r` row-major (lda = r), `dst` is `r × r` row-major (ldc = r); cblas_dsyrk
-    // reads `src` and writes the upper triangle of `dst` only, within those bounds.
+    // SAFETY: `src` is `m × r` row-major (lda = r), or `r × m` row-major (lda = m) when transposed; `dst`
+    // is `r × r` row-major (ldc = r); cblas_dsyrk reads `src` and writes the upper triangle of `dst` only,
+    // within those bounds.
     unsafe {
         cblas_dsyrk(
             ROW_MAJOR,
             UPPER,
-            TRANS,
+            if transposed { NO_TRANS } else { TRANS },
             r as i32,
             m as i32,
             1.0,
             src.as_ptr(),
-            r as i32,
+            if transposed { m as i32 } else { r as i32 },
             0.0,
             dst.as_mut_ptr(),
             r as i32,
@@ -206,8 +220,13 @@ fn cholesky_r(a: ArrayView2<f32>) -> Option<Array2<f64>> {
     if m < r || r == 0 {
         return None;
     }
-    let a64 = a.as_standard_layout().mapv(|v| v as f64);
-    let gram = gram_upper(&a64);
+    // A column-major `a` (the transpose of a row-major `down`) is widened as its row-major transpose and
+    // its Gram matrix formed from that (`dsyrk` without transposition): no transposing copy.
+    let gram = if a.is_standard_layout() || !a.t().is_standard_layout() {
+        gram_upper(&a.as_standard_layout().mapv(|v| v as f64), false)
+    } else {
+        gram_upper(&a.t().mapv(|v| v as f64), true)
+    };
     let mut rr = gram.cholesky(UPLO::Upper).ok()?;
     for i in 0..r {
         for j in 0..i {

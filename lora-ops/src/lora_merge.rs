@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use crate::common::{first_v2_and_base, round_to_precision, round_value};
 use crate::error::{Error, Result};
+use crate::save::{encode_module, EncodedLora};
 use crate::source::ModuleSource;
 
 /// Options of [`merge_loras`].
@@ -52,6 +53,30 @@ pub fn merge_loras<S: ModuleSource + ?Sized>(
     loras: &[&S],
     opts: &LoraMergeOptions,
 ) -> Result<LoraFile> {
+    let (modules, meta) = merge_with(loras, opts, Ok)?;
+    Ok(LoraFile::new(modules, meta))
+}
+
+/// [`merge_loras`] with each merged module encoded for the file (dtype `precision`, `save`'s alpha dtype
+/// and overflow rule) on the worker that merged it, so the `f32` result is never held whole (the tool's
+/// path). Write it with [`EncodedLora::write`] to the same `path` (named in encoding errors).
+pub fn merge_loras_encoded<S: ModuleSource + ?Sized>(
+    loras: &[&S],
+    opts: &LoraMergeOptions,
+    path: &std::path::Path,
+    precision: SavePrecision,
+    save: &lora_core::SaveOptions,
+) -> Result<EncodedLora> {
+    let (encoded, metadata) = merge_with(loras, opts, |m| encode_module(m, path, precision, save))?;
+    Ok(EncodedLora::new(encoded, metadata))
+}
+
+/// The merge, with each merged module passed through `finish` on the worker that merged it.
+fn merge_with<S: ModuleSource + ?Sized, T: Send>(
+    loras: &[&S],
+    opts: &LoraMergeOptions,
+    finish: impl Fn(LoraModule) -> Result<T> + Sync,
+) -> Result<(Vec<T>, Metadata)> {
     if loras.is_empty() || loras.len() != opts.ratios.len() {
         return Err(Error::InvalidArgument(format!(
             "{} models but {} ratios: give one ratio per model",
@@ -67,30 +92,29 @@ pub fn merge_loras<S: ModuleSource + ?Sized>(
         }
     }
     let entries: Vec<_> = by_name.into_iter().collect();
-    let merged: Vec<Result<(String, Acc)>> = entries
+    let merged: Vec<Result<(T, usize, String)>> = entries
         .par_iter()
-        .map(|(name, inputs)| merge_module(loras, inputs, opts).map(|acc| (name.to_string(), acc)))
+        .map(|(name, inputs)| {
+            let acc = merge_module(loras, inputs, opts)?;
+            let alpha = if acc.alpha_from_file {
+                py_float_repr(acc.base_alpha as f64)
+            } else {
+                (acc.base_alpha as i64).to_string()
+            };
+            let m = LoraModule::new(name.to_string(), acc.down, acc.up, Some(acc.base_alpha))?;
+            Ok((finish(m)?, acc.base_dim, alpha))
+        })
         .collect();
-    let merged = merged.into_iter().collect::<Result<Vec<_>>>()?;
     let mut modules = Vec::with_capacity(merged.len());
     let mut dims = Vec::new();
     let mut alphas = Vec::new();
-    for (name, acc) in merged {
-        dims.push(acc.base_dim);
-        alphas.push(if acc.alpha_from_file {
-            py_float_repr(acc.base_alpha as f64)
-        } else {
-            (acc.base_alpha as i64).to_string()
-        });
-        modules.push(LoraModule::new(
-            name,
-            acc.down,
-            acc.up,
-            Some(acc.base_alpha),
-        )?);
+    for r in merged {
+        let (m, dim, alpha) = r?;
+        dims.push(dim.to_string());
+        alphas.push(alpha);
+        modules.push(m);
     }
     let all_same = |v: &[String]| v.windows(2).all(|w| w[0] == w[1]);
-    let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
     let dim = if all_same(&dims) {
         dims.first().cloned().unwrap_or_default()
     } else {
@@ -110,7 +134,7 @@ pub fn merge_loras<S: ModuleSource + ?Sized>(
         &alpha,
         None,
     );
-    Ok(LoraFile::new(modules, meta))
+    Ok((modules, meta))
 }
 
 /// One module of [`merge_loras`]: the inputs that have it, in model order.

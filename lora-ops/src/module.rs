@@ -85,10 +85,15 @@ pub fn normalize_signs(svd: &mut Svd) {
 /// Turns a (possibly short) SVD into `k` factor rows: `up = U[:, :k]·S[:k]`, `down = Vt[:k]`, completing
 /// `down` with orthonormal directions (and `up` with zero columns) when the product has fewer than `k`
 /// non-zero singular values. `k` must not exceed `min(out, n)`.
-fn factors_from_svd(svd: &Svd, k: usize, out: usize, n: usize, tensor: &str) -> Result<Factors> {
-    let mut svd = svd.clone();
+fn factors_from_svd(mut svd: Svd, k: usize, out: usize, n: usize, tensor: &str) -> Result<Factors> {
     normalize_signs(&mut svd);
     let have = svd.len().min(k);
+    if have == k && svd.u.dim() == (out, k) && svd.vt.dim() == (k, n) {
+        // The usual case: the SVD's own arrays become the factors (no copies).
+        let mut up = svd.u;
+        up *= &svd.s.insert_axis(Axis(0));
+        return Ok(Factors { up, down: svd.vt });
+    }
     let mut up = Array2::zeros((out, k));
     let us = &svd.u.slice(s![.., ..have]) * &svd.s.slice(s![..have]).insert_axis(Axis(0));
     up.slice_mut(s![.., ..have]).assign(&us);
@@ -150,7 +155,7 @@ pub fn resize_factors(
     };
     let stats = ModuleStats::new(&full, rank);
     let k = rank.min(out.min(n));
-    let factors = factors_from_svd(&core.svd(k), k, out, n, tensor)?;
+    let factors = factors_from_svd(core.svd(k), k, out, n, tensor)?;
     Ok(Resized {
         factors,
         alpha,
@@ -204,10 +209,11 @@ pub fn svd_merge_factors(
     }
     let mut up_buf = std::mem::take(&mut ws.up_stack);
     let mut down_buf = std::mem::take(&mut ws.down_stack);
-    up_buf.clear();
+    // Every element is assigned below: only growth is zero-filled, not each module's whole stack.
     up_buf.resize(out * total, 0.0);
-    down_buf.clear();
+    up_buf.truncate(out * total);
     down_buf.resize(total * n, 0.0);
+    down_buf.truncate(total * n);
     let mut up_stack = Array2::from_shape_vec((out, total), up_buf).expect("sized above");
     let mut down_stack = Array2::from_shape_vec((total, n), down_buf).expect("sized above");
     let mut at = 0;
@@ -225,7 +231,7 @@ pub fn svd_merge_factors(
     ws.up_stack = up_stack.into_raw_vec_and_offset().0;
     ws.down_stack = down_stack.into_raw_vec_and_offset().0;
     let svd = core?.svd(k);
-    let mut f = factors_from_svd(&svd, k, out, n, tensor)?;
+    let mut f = factors_from_svd(svd, k, out, n, tensor)?;
     if let Some(q) = clamp_quantile {
         clamp_factors(&mut f, q, ws);
     }
@@ -262,7 +268,7 @@ pub fn extract_factors(
     let mut p = *params;
     p.seed ^= name_seed(tensor);
     let svd = randomized_svd(delta, k, &p, tensor)?;
-    let mut f = factors_from_svd(&svd, k, out, n, tensor)?;
+    let mut f = factors_from_svd(svd, k, out, n, tensor)?;
     if let Some(q) = clamp_quantile {
         clamp_factors(&mut f, q, ws);
     }

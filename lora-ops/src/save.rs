@@ -4,15 +4,18 @@
 
 use std::path::Path;
 
-use lora_core::hash::{sshs_hashes, SshsHashes};
-use lora_core::{write_safetensors, LoraFile, Metadata, SaveOptions, SavePrecision, TensorView};
+use lora_core::hash::SshsHashes;
+use lora_core::{
+    write_safetensors_hashed, LoraFile, LoraModule, Metadata, SaveOptions, SavePrecision,
+    TensorView,
+};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use crate::error::Result;
 
 /// Writes `lora` like [`LoraFile::save`] (same bytes, metadata and `sshs_*` hashes; atomic; the written data
-/// re-hashed and compared before the file is put in place), consuming it to bound peak memory.
+/// read back and compared with the bytes hashed before the file is put in place), consuming it to bound
+/// peak memory.
 pub fn save_streamed(
     lora: LoraFile,
     path: impl AsRef<Path>,
@@ -25,87 +28,80 @@ pub fn save_streamed(
     // checks); each module's f32 arrays are freed once encoded.
     let encoded: Vec<Result<Vec<(String, TensorView<'static>)>>> = modules
         .into_par_iter()
-        .map(|m| {
-            let one = LoraFile {
-                modules: vec![m],
-                metadata: Metadata::new(),
-            };
-            Ok(one.to_tensors(path, precision, opts)?)
-        })
+        .map(|m| encode_module(m, path, precision, opts))
         .collect();
-    let mut tensors = Vec::with_capacity(encoded.len() * 3);
-    for e in encoded {
-        tensors.extend(e?);
-    }
-    write_encoded(tensors, metadata, path, opts)
+    let encoded = encoded.into_iter().collect::<Result<Vec<_>>>()?;
+    EncodedLora::new(encoded, metadata).write(path, opts)
 }
 
-/// Writes encoded tensors with `metadata` (plus the `sshs_*` hashes when `opts.hashes`), atomically, the
-/// data re-hashed from disk and compared before the file is put in place.
+/// One module encoded by lora-core's encoder (the tensors [`LoraFile::save`] writes for it); errors name
+/// `path`.
+pub(crate) fn encode_module(
+    m: LoraModule,
+    path: &Path,
+    precision: SavePrecision,
+    opts: &SaveOptions,
+) -> Result<Vec<(String, TensorView<'static>)>> {
+    let one = LoraFile {
+        modules: vec![m],
+        metadata: Metadata::new(),
+    };
+    Ok(one.to_tensors(path, precision, opts)?)
+}
+
+/// A LoRA encoded module by module as it was computed (by [`merge_loras_encoded`](crate::merge_loras_encoded)
+/// or [`svd_merge_encoded`](crate::svd_merge_encoded)), ready to be written: the `f32` result is never
+/// held whole. Add to [`metadata`](Self::metadata) (modelspec) before [`write`](Self::write).
+#[derive(Debug)]
+pub struct EncodedLora {
+    tensors: Vec<(String, TensorView<'static>)>,
+    modules: usize,
+    /// The metadata written with the tensors (the `sshs_*` hashes are added when written).
+    pub metadata: Metadata,
+}
+
+impl EncodedLora {
+    pub(crate) fn new(
+        modules: Vec<Vec<(String, TensorView<'static>)>>,
+        metadata: Metadata,
+    ) -> Self {
+        EncodedLora {
+            modules: modules.len(),
+            tensors: modules.into_iter().flatten().collect(),
+            metadata,
+        }
+    }
+
+    /// Number of modules.
+    pub fn len(&self) -> usize {
+        self.modules
+    }
+
+    /// True when there is no module.
+    pub fn is_empty(&self) -> bool {
+        self.modules == 0
+    }
+
+    /// Writes the file like [`save_streamed`] (give the `path` and options it was encoded with); returns
+    /// the `sshs_*` hashes.
+    pub fn write(self, path: impl AsRef<Path>, opts: &SaveOptions) -> Result<SshsHashes> {
+        write_encoded(self.tensors, self.metadata, path.as_ref(), opts)
+    }
+}
+
+/// Writes encoded tensors with `metadata` (plus the `sshs_*` hashes when `opts.hashes`), atomically, hashing
+/// the data while it is written and comparing what reached the file with it before the file is put in place
+/// ([`lora_core::write_safetensors_hashed`]).
 pub(crate) fn write_encoded(
     tensors: Vec<(String, TensorView<'static>)>,
     metadata: Metadata,
     path: &Path,
     opts: &SaveOptions,
 ) -> Result<SshsHashes> {
-    let mut meta = metadata;
-    let hashes = sshs_hashes(&tensors, &meta)?;
-    if opts.hashes {
-        meta.insert("sshs_model_hash", hashes.model_hash.clone());
-        meta.insert("sshs_legacy_hash", hashes.legacy_hash.clone());
-    }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    // An ordinary file's permissions (0666 less umask), like lora-core's own outputs.
-    let tmp =
-        lora_core::output_temp_file(&dir, ".lora-ops-", ".safetensors").map_err(|source| {
-            lora_core::Error::Io {
-                file: path.into(),
-                source,
-            }
-        })?;
-    // write_safetensors renames its own temporary file (with the ordinary mode) over ours.
-    write_safetensors(tmp.path(), &tensors, &meta)?;
-    drop(tensors);
-    // Re-hash what reached the disk, read in chunks (not mapped: the output stays out of the resident set).
-    let actual = data_section_sha256(tmp.path()).map_err(|source| lora_core::Error::Io {
-        file: path.into(),
-        source,
-    })?;
-    if actual != hashes.model_hash {
-        return Err(lora_core::Error::Write {
-            file: path.into(),
-            message: format!(
-                "data written hashes to {actual}, expected {}",
-                hashes.model_hash
-            ),
-        }
-        .into());
-    }
-    tmp.persist(path).map_err(|e| lora_core::Error::Io {
-        file: path.into(),
-        source: e.error,
-    })?;
-    Ok(hashes)
-}
-
-/// sha256 of a safetensors file's data section (everything after the 8-byte length and the header).
-fn data_section_sha256(path: &Path) -> std::io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)?;
-    f.seek(SeekFrom::Start(8 + u64::from_le_bytes(n)))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(write_safetensors_hashed(
+        path,
+        &tensors,
+        &metadata,
+        opts.hashes,
+    )?)
 }

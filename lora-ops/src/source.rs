@@ -22,6 +22,12 @@ pub trait ModuleSource: Sync {
     fn name(&self, i: usize) -> &str;
     /// Module `i` with `f32` factors (borrowed when already in memory).
     fn module(&self, i: usize) -> Result<Cow<'_, LoraModule>>;
+    /// Number of elements of module `i`'s factors without reading them (0 when unknown): used to schedule
+    /// the largest modules first.
+    fn numel_hint(&self, i: usize) -> usize {
+        let _ = i;
+        0
+    }
     /// The file's `__metadata__`.
     fn metadata(&self) -> &Metadata;
 }
@@ -35,6 +41,9 @@ impl ModuleSource for LoraFile {
     }
     fn module(&self, i: usize) -> Result<Cow<'_, LoraModule>> {
         Ok(Cow::Borrowed(&self.modules[i]))
+    }
+    fn numel_hint(&self, i: usize) -> usize {
+        self.modules[i].down.len() + self.modules[i].up.len()
     }
     fn metadata(&self) -> &Metadata {
         &self.metadata
@@ -171,16 +180,33 @@ fn read_f32(f: &SafetensorsFile, file: &std::fs::File, name: &str) -> Result<nda
     };
     let mut out = vec![0f32; n];
     if elem == 2 {
-        let mut bits = vec![0u16; n];
-        // SAFETY: a u16 buffer viewed as its 2·n bytes; every byte pattern is a valid u16.
-        let raw = unsafe { std::slice::from_raw_parts_mut(bits.as_mut_ptr().cast::<u8>(), n * 2) };
-        file.read_exact_at(raw, start).map_err(io)?;
-        if info.dtype == DType::F16 {
-            let h: &[half::f16] = bits.reinterpret_cast();
-            h.convert_to_f32_slice(&mut out);
-        } else {
-            let h: &[half::bf16] = bits.reinterpret_cast();
-            h.convert_to_f32_slice(&mut out);
+        // The 16-bit values are read into the second half of the output's own bytes and widened in place,
+        // front to back (no second buffer to allocate and fault in). Each chunk is copied out before its
+        // `f32`s are stored: they end at byte 4·(i+c), which reaches a later chunk's source (from byte
+        // 2·n + 2·(i+c)) only for the last chunk, when there is none.
+        // SAFETY: the f32 buffer viewed as its 4·n bytes; every bit pattern is a valid f32 (NaN/inf are
+        // refused below).
+        let raw = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), n * 4) };
+        file.read_exact_at(&mut raw[n * 2..], start).map_err(io)?;
+        const CHUNK: usize = 2048;
+        let mut bits = [0u16; CHUNK];
+        let mut wide = [0f32; CHUNK];
+        for i in (0..n).step_by(CHUNK) {
+            let c = CHUNK.min(n - i);
+            let src = &raw[2 * n + 2 * i..2 * n + 2 * (i + c)];
+            for (b, pair) in bits[..c].iter_mut().zip(src.chunks_exact(2)) {
+                *b = u16::from_le_bytes([pair[0], pair[1]]);
+            }
+            if info.dtype == DType::F16 {
+                let h: &[half::f16] = bits[..c].reinterpret_cast();
+                h.convert_to_f32_slice(&mut wide[..c]);
+            } else {
+                let h: &[half::bf16] = bits[..c].reinterpret_cast();
+                h.convert_to_f32_slice(&mut wide[..c]);
+            }
+            for (dst, v) in raw[4 * i..4 * (i + c)].chunks_exact_mut(4).zip(&wide[..c]) {
+                dst.copy_from_slice(&v.to_le_bytes());
+            }
         }
     } else {
         // SAFETY: an f32 buffer viewed as its 4·n bytes; every bit pattern is a valid f32 (NaN/inf are
@@ -242,6 +268,17 @@ impl ModuleSource for LoraSource {
         match &self.backing {
             Backing::Mapped(_, e, _) => &e[i].name,
             Backing::Loaded(l) => &l.modules[i].name,
+        }
+    }
+
+    fn numel_hint(&self, i: usize) -> usize {
+        match &self.backing {
+            Backing::Mapped(f, e, _) => [&e[i].down, &e[i].up]
+                .iter()
+                .filter_map(|n| f.info(n).ok())
+                .map(|t| t.numel())
+                .sum(),
+            Backing::Loaded(l) => l.numel_hint(i),
         }
     }
 

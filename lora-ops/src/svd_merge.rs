@@ -11,6 +11,7 @@ use crate::common::{
 };
 use crate::error::{Error, Result};
 use crate::module::{svd_merge_factors, WeightedFactors, Workspace};
+use crate::save::{encode_module, EncodedLora};
 use crate::shape::ModuleShape;
 use crate::source::ModuleSource;
 
@@ -55,6 +56,31 @@ pub fn svd_merge<S: ModuleSource + ?Sized>(
     loras: &[&S],
     opts: &SvdMergeOptions,
 ) -> Result<LoraFile> {
+    let (modules, meta) = svd_merge_with(loras, opts, Ok)?;
+    Ok(LoraFile::new(modules, meta))
+}
+
+/// [`svd_merge`] with each merged module encoded for the file (dtype `precision`, `save`'s alpha dtype and
+/// overflow rule) on the worker that computed it, so the `f32` result is never held whole (the tool's
+/// path). Write it with [`EncodedLora::write`] to the same `path` (named in encoding errors).
+pub fn svd_merge_encoded<S: ModuleSource + ?Sized>(
+    loras: &[&S],
+    opts: &SvdMergeOptions,
+    path: &std::path::Path,
+    precision: SavePrecision,
+    save: &lora_core::SaveOptions,
+) -> Result<EncodedLora> {
+    let (encoded, metadata) =
+        svd_merge_with(loras, opts, |m| encode_module(m, path, precision, save))?;
+    Ok(EncodedLora::new(encoded, metadata))
+}
+
+/// The merge, with each merged module passed through `finish` on the worker that computed it.
+fn svd_merge_with<S: ModuleSource + ?Sized, T: Send>(
+    loras: &[&S],
+    opts: &SvdMergeOptions,
+    finish: impl Fn(LoraModule) -> Result<T> + Sync,
+) -> Result<(Vec<T>, Metadata)> {
     if loras.is_empty() || loras.len() != opts.ratios.len() {
         return Err(Error::InvalidArgument(format!(
             "{} models but {} ratios: give one ratio per model",
@@ -85,56 +111,78 @@ pub fn svd_merge<S: ModuleSource + ?Sized>(
         }
     }
     let _blas = SingleThreadedBlas::new();
+    let merge_entry = |ws: &mut Workspace, name: &str, inputs: &[(usize, usize)]| -> Result<T> {
+        let mut rounded: Vec<(ModuleShape, LoraModule, f32)> = Vec::with_capacity(inputs.len());
+        for &(i, j) in inputs {
+            let mut m = loras[i].module(j)?.into_owned();
+            round_to_precision(&mut m.up, opts.precision);
+            round_to_precision(&mut m.down, opts.precision);
+            let r = m.rank() as f32;
+            let alpha = m.alpha.unwrap_or(r);
+            // scale = alpha / dim, times the block's weight under --lbws (then times the ratio).
+            let mut scale = alpha / r;
+            if let Some(l) = &opts.lbws {
+                scale *= l.factor(i, name);
+            }
+            let coef = opts.ratios[i] * scale;
+            let (shape, _, _) = module_views(&m)?;
+            rounded.push((shape, m, coef));
+        }
+        let shape = rounded[0].0;
+        for (s, _, _) in &rounded {
+            if s.out() != shape.out() || s.cols() != shape.cols() {
+                return Err(Error::shape(
+                    name,
+                    format!("inputs disagree on the module shape: {s:?} vs {shape:?}"),
+                ));
+            }
+        }
+        let mut views = Vec::with_capacity(rounded.len());
+        for (_, m, coef) in &rounded {
+            let (_, up, down) = module_views(m)?;
+            views.push(WeightedFactors {
+                up,
+                down,
+                coef: *coef,
+            });
+        }
+        let max_rank = if shape.is_conv_kxk() {
+            conv_rank
+        } else {
+            opts.new_rank
+        };
+        let k = max_rank.min(shape.in_channels()).min(shape.out());
+        let f = svd_merge_factors(&views, k, opts.clamp_quantile, name, ws)?;
+        let k = f.rank();
+        finish(module_from_factors(name, shape, f, Some(k as f32))?)
+    };
     let entries: Vec<_> = by_name.into_iter().collect();
-    let modules: Vec<Result<LoraModule>> = entries
+    // Largest modules first (cost ∝ factor elements), so that the last modules to finish are small ones
+    // and neither thread waits long for the other; results are put back in name order.
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_cached_key(|&e| {
+        std::cmp::Reverse(
+            entries[e]
+                .1
+                .iter()
+                .map(|&(i, j)| loras[i].numel_hint(j))
+                .sum::<usize>(),
+        )
+    });
+    let done: Vec<(usize, Result<T>)> = order
         .par_iter()
-        .map_init(Workspace::new, |ws, (name, inputs)| {
-            let mut rounded: Vec<(ModuleShape, LoraModule, f32)> = Vec::with_capacity(inputs.len());
-            for &(i, j) in inputs {
-                let mut m = loras[i].module(j)?.into_owned();
-                round_to_precision(&mut m.up, opts.precision);
-                round_to_precision(&mut m.down, opts.precision);
-                let r = m.rank() as f32;
-                let alpha = m.alpha.unwrap_or(r);
-                // scale = alpha / dim, times the block's weight under --lbws (then times the ratio).
-                let mut scale = alpha / r;
-                if let Some(l) = &opts.lbws {
-                    scale *= l.factor(i, name);
-                }
-                let coef = opts.ratios[i] * scale;
-                let (shape, _, _) = module_views(&m)?;
-                rounded.push((shape, m, coef));
-            }
-            let shape = rounded[0].0;
-            for (s, _, _) in &rounded {
-                if s.out() != shape.out() || s.cols() != shape.cols() {
-                    return Err(Error::shape(
-                        name,
-                        format!("inputs disagree on the module shape: {s:?} vs {shape:?}"),
-                    ));
-                }
-            }
-            let mut views = Vec::with_capacity(rounded.len());
-            for (_, m, coef) in &rounded {
-                let (_, up, down) = module_views(m)?;
-                views.push(WeightedFactors {
-                    up,
-                    down,
-                    coef: *coef,
-                });
-            }
-            let max_rank = if shape.is_conv_kxk() {
-                conv_rank
-            } else {
-                opts.new_rank
-            };
-            let k = max_rank.min(shape.in_channels()).min(shape.out());
-            let f = svd_merge_factors(&views, k, opts.clamp_quantile, name, ws)?;
-            let k = f.rank();
-            module_from_factors(name, shape, f, Some(k as f32))
+        .map_init(Workspace::new, |ws, &e| {
+            let (name, inputs) = &entries[e];
+            (e, merge_entry(ws, name, inputs))
         })
         .collect();
+    let mut slots: Vec<Option<Result<T>>> = entries.iter().map(|_| None).collect();
+    for (e, r) in done {
+        slots[e] = Some(r);
+    }
+    let modules: Vec<Result<T>> = slots.into_iter().flatten().collect();
     let modules = modules.into_iter().collect::<Result<Vec<_>>>()?;
+
     let (v2, base) = first_v2_and_base(loras);
     let rank = opts.new_rank.to_string();
     let meta = Metadata::minimum_network(
@@ -148,5 +196,5 @@ pub fn svd_merge<S: ModuleSource + ?Sized>(
             ("conv_alpha", PyValue::Int(conv_rank as i64)),
         ]),
     );
-    Ok(LoraFile::new(modules, meta))
+    Ok((modules, meta))
 }

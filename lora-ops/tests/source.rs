@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use lora_core::{AlphaDtype, LoraFile, SafetensorsFile, SaveOptions, SavePrecision};
 use lora_ops::{
-    merge_loras, resize, resize_to_file, save_streamed, svd_merge, LoraMergeOptions, LoraSource,
-    ModuleSource, ResizeOptions, SvdMergeOptions,
+    merge_loras, merge_loras_encoded, resize, resize_to_file, save_streamed, svd_merge,
+    svd_merge_encoded, LoraMergeOptions, LoraSource, ModuleSource, ResizeOptions, SvdMergeOptions,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -179,4 +179,103 @@ fn source_reads_bf16_and_refuses_nan_naming_the_tensor() {
         "{err}"
     );
     assert!(src.module(1).is_ok());
+}
+
+/// The tools' paths (each module encoded as it is merged) write the same file as the merge followed by
+/// [`save_streamed`].
+#[test]
+fn encoded_merges_write_what_merge_and_save_write() {
+    let (sa, sb) = (
+        LoraSource::open(fixture("sds_in_a.safetensors")).unwrap(),
+        LoraSource::open(fixture("sds_in_b.safetensors")).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    let same_files = |what: &str| {
+        let (f1, f2) = (
+            SafetensorsFile::open(&p1).unwrap(),
+            SafetensorsFile::open(&p2).unwrap(),
+        );
+        assert_eq!(f1.data_section(), f2.data_section(), "{what}");
+        assert_eq!(
+            f1.metadata().to_hash_map(),
+            f2.metadata().to_hash_map(),
+            "{what}"
+        );
+    };
+    for precision in [
+        SavePrecision::Fp16,
+        SavePrecision::Float,
+        SavePrecision::Bf16,
+    ] {
+        let save = SaveOptions::default();
+        let mo = LoraMergeOptions {
+            ratios: vec![0.7, -1.0],
+            ..Default::default()
+        };
+        let h1 = save_streamed(
+            merge_loras(&[&sa, &sb], &mo).unwrap(),
+            &p1,
+            precision,
+            &save,
+        );
+        let enc = merge_loras_encoded(&[&sa, &sb], &mo, &p2, precision, &save).unwrap();
+        assert_eq!(enc.len(), sa.len());
+        assert_eq!(h1.unwrap(), enc.write(&p2, &save).unwrap());
+        same_files(&format!("merge_loras {precision}"));
+
+        let save = SaveOptions {
+            alpha_dtype: AlphaDtype::I64,
+            ..SaveOptions::default()
+        };
+        let so = SvdMergeOptions {
+            ratios: vec![1.0, -0.5],
+            new_rank: 5,
+            ..Default::default()
+        };
+        let h1 = save_streamed(svd_merge(&[&sa, &sb], &so).unwrap(), &p1, precision, &save);
+        let enc = svd_merge_encoded(&[&sa, &sb], &so, &p2, precision, &save).unwrap();
+        assert_eq!(h1.unwrap(), enc.write(&p2, &save).unwrap());
+        same_files(&format!("svd_merge {precision}"));
+    }
+    // An overflow found while encoding is refused with the output named, and nothing is written.
+    let big = LoraMergeOptions {
+        ratios: vec![1e6, 1.0],
+        ..Default::default()
+    };
+    let p = dir.path().join("big.safetensors");
+    let e = merge_loras_encoded(
+        &[&sa, &sb],
+        &big,
+        &p,
+        SavePrecision::Fp16,
+        &SaveOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("big.safetensors"), "{e}");
+    assert!(!p.exists());
+}
+
+/// Positioned reads widen F16, BF16 and F32 tensors (in place, in chunks) to what lora-core's reader gives.
+#[test]
+fn source_reads_every_float_dtype() {
+    let lora = LoraFile::load(fixture("sds_in_a.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for precision in [
+        SavePrecision::Fp16,
+        SavePrecision::Bf16,
+        SavePrecision::Float,
+    ] {
+        let p = dir.path().join(format!("{precision}.safetensors"));
+        lora.save(&p, precision, &SaveOptions::default()).unwrap();
+        let src = LoraSource::open(&p).unwrap();
+        assert_eq!(
+            src.to_lora_file().unwrap(),
+            LoraFile::load(&p).unwrap(),
+            "{precision}"
+        );
+    }
 }
