@@ -714,57 +714,139 @@ impl Graph {
     }
 
     /// Runs the tape backwards from a scalar `loss` and returns the gradients of the trainable parameters.
-    /// A non-scalar `loss` is seeded with ones (the gradient of its sum).
+    /// A non-scalar `loss` is seeded with ones (the gradient of its sum). The tape is kept (see
+    /// [`Graph::into_grads`] for the form that frees it as it goes).
     pub fn backward(&self, loss: Var) -> Result<Grads> {
-        let ln = self.node(loss)?;
+        let mut state = BackwardState::seed(self.node(loss)?, loss)?;
+        for i in (0..=loss.0).rev() {
+            state.visit(i, &self.nodes[i], &self.nodes[..i])?;
+        }
+        Ok(state.out)
+    }
+
+    /// [`Graph::backward`] that consumes the graph, dropping each op's saved tensors and value as soon as its
+    /// backward has run (torch's `backward()` without `retain_graph`): the memory of a training step peaks at
+    /// the end of the forward pass instead of growing with the gradients while every activation is still
+    /// held.
+    pub fn into_grads(self, loss: Var) -> Result<Grads> {
+        let mut state = BackwardState::seed(self.node(loss)?, loss)?;
+        let mut nodes = self.nodes;
+        nodes.truncate(loss.0 + 1);
+        while let Some(node) = nodes.pop() {
+            state.visit(nodes.len(), &node, &nodes)?;
+        }
+        Ok(state.out)
+    }
+}
+
+/// The gradients flowing back through a tape, and the parameter gradients collected so far.
+struct BackwardState {
+    grads: Vec<Option<Tensor>>,
+    out: Grads,
+}
+
+impl BackwardState {
+    fn seed(loss_node: &Node, loss: Var) -> Result<Self> {
         let mut grads: Vec<Option<Tensor>> = vec![None; loss.0 + 1];
-        let seed_dt = if ln.value.dtype() == DType::F64 {
+        let seed_dt = if loss_node.value.dtype() == DType::F64 {
             DType::F64
         } else {
             DType::F32
         };
-        grads[loss.0] =
-            Some(Tensor::ones(ln.value.shape(), seed_dt).to_device(&ln.value.device())?);
-        let mut out = Grads::default();
-        for i in (0..=loss.0).rev() {
-            let Some(g) = grads[i].take() else { continue };
-            let node = &self.nodes[i];
-            if let Some(pid) = node.param {
-                if node.requires_grad {
-                    let g = g.to_dtype(node.value.dtype())?;
-                    let v = match out.map.remove(&pid) {
-                        Some(prev) => ops::axpy(&prev, &g, 1.0)?,
-                        None => g,
-                    };
-                    out.map.insert(pid, v);
-                }
-                continue;
-            }
-            let Some(bw) = &node.backward else { continue };
-            let need: Vec<bool> = node
-                .inputs
-                .iter()
-                .map(|v| self.nodes[v.0].requires_grad)
-                .collect();
-            let gs = bw(&g, &need)?;
-            for ((inp, gi), needed) in node.inputs.iter().zip(gs).zip(need) {
-                let (Some(gi), true) = (gi, needed) else {
-                    continue;
+        grads[loss.0] = Some(
+            Tensor::ones(loss_node.value.shape(), seed_dt).to_device(&loss_node.value.device())?,
+        );
+        Ok(BackwardState {
+            grads,
+            out: Grads::default(),
+        })
+    }
+
+    /// Node `i` (whose inputs are among `earlier`, the nodes before it): its parameter gradient, or its
+    /// backward function's gradients added to its inputs'.
+    fn visit(&mut self, i: usize, node: &Node, earlier: &[Node]) -> Result<()> {
+        let Some(g) = self.grads[i].take() else {
+            return Ok(());
+        };
+        if let Some(pid) = node.param {
+            if node.requires_grad {
+                let g = g.to_dtype(node.value.dtype())?;
+                let v = match self.out.map.remove(&pid) {
+                    Some(prev) => ops::axpy(&prev, &g, 1.0)?,
+                    None => g,
                 };
-                let slot = &mut grads[inp.0];
-                *slot = Some(match slot.take() {
-                    Some(prev) => ops::axpy(&prev, &gi, 1.0)?,
-                    None => gi,
-                });
+                self.out.map.insert(pid, v);
             }
+            return Ok(());
         }
-        Ok(out)
+        let Some(bw) = &node.backward else {
+            return Ok(());
+        };
+        let need: Vec<bool> = node
+            .inputs
+            .iter()
+            .map(|v| earlier[v.0].requires_grad)
+            .collect();
+        let gs = bw(&g, &need)?;
+        drop(g);
+        for ((inp, gi), needed) in node.inputs.iter().zip(gs).zip(need) {
+            let (Some(gi), true) = (gi, needed) else {
+                continue;
+            };
+            let slot = &mut self.grads[inp.0];
+            *slot = Some(match slot.take() {
+                Some(prev) => ops::axpy(&prev, &gi, 1.0)?,
+                None => gi,
+            });
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn into_grads_equals_backward() {
+        let mut store = ParamStore::new();
+        let w = store
+            .add(
+                "w",
+                Tensor::from_vec((0..12).map(|i| i as f32 * 0.1 - 0.5).collect(), &[4, 3]).unwrap(),
+                true,
+            )
+            .unwrap();
+        let b = store
+            .add(
+                "b",
+                Tensor::from_vec(vec![0.1, -0.2, 0.3, 0.0], &[4]).unwrap(),
+                false,
+            )
+            .unwrap();
+        let build = || {
+            let mut g = Graph::new();
+            let x = g.input(
+                Tensor::from_vec((0..6).map(|i| i as f32 - 2.5).collect(), &[2, 3]).unwrap(),
+            );
+            let (wv, bv) = (g.param(&store, w).unwrap(), g.param(&store, b).unwrap());
+            let y = g.linear(x, wv, Some(bv)).unwrap();
+            let y = g.silu(y).unwrap();
+            let y2 = g.mul(y, y).unwrap();
+            let l = g.sum(y2).unwrap();
+            (g, l)
+        };
+        let (g1, l1) = build();
+        let kept = g1.backward(l1).unwrap();
+        let (g2, l2) = build();
+        let freed = g2.into_grads(l2).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(freed.len(), 1);
+        assert_eq!(
+            kept.get(w).unwrap().to_vec_f32().unwrap(),
+            freed.get(w).unwrap().to_vec_f32().unwrap()
+        );
+    }
 
     #[test]
     fn trainable_parameters_from_two_stores_are_refused() {
