@@ -394,6 +394,48 @@ impl Graph {
         ))
     }
 
+    /// A linear layer with a LoRA adapter in one op, `x·wᵀ + b + (s·(x·downᵀ))·upᵀ` (see
+    /// [`ops::lora_linear`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_linear(
+        &mut self,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        down: Var,
+        up: Var,
+        scale: f64,
+    ) -> Result<Var> {
+        let [xt, wt, dt, ut] = self.vals([x, w, down, up])?;
+        let bt = b.map(|b| self.value(b).cloned()).transpose()?;
+        let (y, lxs) = ops::lora_linear(&xt, &wt, bt.as_ref(), &dt, &ut, scale)?;
+        let has_b = b.is_some();
+        let mut inputs = vec![x, w, down, up];
+        inputs.extend(b);
+        Ok(self.push(
+            y,
+            inputs,
+            Box::new(move |dy, need| {
+                let need_b = has_b && need[4];
+                let (dx, dw, db, dd, du) = ops::lora_linear_backward(
+                    &xt,
+                    &wt,
+                    &dt,
+                    &ut,
+                    &lxs,
+                    scale,
+                    dy,
+                    [need[0], need[1], need_b, need[2], need[3]],
+                )?;
+                let mut g = vec![dx, dw, dd, du];
+                if has_b {
+                    g.push(db);
+                }
+                Ok(g)
+            }),
+        ))
+    }
+
     /// 2-D convolution (see [`ops::conv2d`]).
     pub fn conv2d(&mut self, x: Var, w: Var, b: Option<Var>, cfg: Conv2dCfg) -> Result<Var> {
         let [xt, wt] = self.vals([x, w])?;
@@ -433,6 +475,33 @@ impl Graph {
             vec![x, gamma, beta],
             Box::new(move |dy, _| {
                 let (dx, dg, db) = ops::group_norm_backward(&xt, groups, Some(&gt), &stats, dy)?;
+                Ok(vec![Some(dx), Some(dg), Some(db)])
+            }),
+        ))
+    }
+
+    /// Group norm with affine parameters, then SiLU (the ResNet blocks' `norm → SiLU`). On the CPU one fused
+    /// op that keeps only its input for the backward pass (see [`ops::group_norm_silu`]); on CUDA the two ops.
+    pub fn group_norm_silu(
+        &mut self,
+        x: Var,
+        groups: usize,
+        gamma: Var,
+        beta: Var,
+        eps: f64,
+    ) -> Result<Var> {
+        let [xt, gt, bt] = self.vals([x, gamma, beta])?;
+        if !xt.device().is_cpu() {
+            let h = self.group_norm(x, groups, gamma, beta, eps)?;
+            return self.silu(h);
+        }
+        let (y, stats) = ops::group_norm_silu(&xt, groups, Some(&gt), Some(&bt), eps)?;
+        Ok(self.push(
+            y,
+            vec![x, gamma, beta],
+            Box::new(move |dy, _| {
+                let (dx, dg, db) =
+                    ops::group_norm_silu_backward(&xt, groups, Some(&gt), Some(&bt), &stats, dy)?;
                 Ok(vec![Some(dx), Some(dg), Some(db)])
             }),
         ))
@@ -510,6 +579,29 @@ impl Graph {
             vec![q, k, v],
             Box::new(move |dy, _| {
                 let (dq, dk, dv) = ops::attention_backward(&qt, &kt, &vt, dy, scale, causal)?;
+                Ok(vec![Some(dq), Some(dk), Some(dv)])
+            }),
+        ))
+    }
+
+    /// Multi-head attention on `[..., L, heads·d]` projections (see [`ops::attention_heads`]).
+    pub fn attention_heads(
+        &mut self,
+        q: Var,
+        k: Var,
+        v: Var,
+        heads: usize,
+        scale: f64,
+        causal: bool,
+    ) -> Result<Var> {
+        let [qt, kt, vt] = self.vals([q, k, v])?;
+        let y = ops::attention_heads(&qt, &kt, &vt, heads, scale, causal)?;
+        Ok(self.push(
+            y,
+            vec![q, k, v],
+            Box::new(move |dy, _| {
+                let (dq, dk, dv) =
+                    ops::attention_heads_backward(&qt, &kt, &vt, dy, heads, scale, causal)?;
                 Ok(vec![Some(dq), Some(dk), Some(dv)])
             }),
         ))

@@ -352,32 +352,42 @@ pub fn col2im<T: Real>(col: &[T], g: &ConvGeom, dx: &mut [T]) {
 pub fn conv2d_fwd<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeom) -> Vec<T> {
     let hw = g.ho() * g.wo();
     let ckk = g.ckk();
-    let mut y = vec![T::ZERO; g.n * g.o * hw];
+    // With a bias, the output starts as the bias rows (the GEMMs add onto them, beta = 1): no zeroing first.
+    let mut y = match bias {
+        Some(b) => {
+            let mut y = Vec::with_capacity(g.n * g.o * hw);
+            for _ in 0..g.n {
+                for &bv in &b[..g.o] {
+                    y.extend(std::iter::repeat_n(bv, hw));
+                }
+            }
+            y
+        }
+        None => vec![T::ZERO; g.n * g.o * hw],
+    };
     let col_len = if g.is_pointwise() { 0 } else { ckk * hw };
-    with_workspace::<T, _>(col_len, |col| conv2d_fwd_with(x, w, bias, g, &mut y, col));
+    with_workspace::<T, _>(col_len, |col| {
+        conv2d_fwd_with(x, w, bias.is_some(), g, &mut y, col)
+    });
     y
 }
 
-/// [`conv2d_fwd`] into `y` with the im2col buffer `col` (`c·kh·kw·ho·wo` long, or empty for pointwise).
+/// [`conv2d_fwd`] into `y` with the im2col buffer `col` (`c·kh·kw·ho·wo` long, or empty for pointwise):
+/// `y` holds the bias rows already when `add_to_y`, else it is overwritten.
 fn conv2d_fwd_with<T: Real>(
     x: &[T],
     w: &[T],
-    bias: Option<&[T]>,
+    add_to_y: bool,
     g: &ConvGeom,
     y: &mut [T],
     col: &mut [T],
 ) {
     let hw = g.ho() * g.wo();
     let ckk = g.ckk();
+    let beta = if add_to_y { T::ONE } else { T::ZERO };
     for i in 0..g.n {
         let xi = &x[i * g.c * g.h * g.w..(i + 1) * g.c * g.h * g.w];
         let yi = &mut y[i * g.o * hw..(i + 1) * g.o * hw];
-        if let Some(b) = bias {
-            for (oc, row) in yi.chunks_mut(hw).enumerate() {
-                row.iter_mut().for_each(|v| *v = b[oc]);
-            }
-        }
-        let beta = if bias.is_some() { T::ONE } else { T::ZERO };
         if !g.is_pointwise() && ckk * hw > 8 * CONV_BAND {
             // A large unfold (the 64 px level: 4.5 MiB) would go out to memory and come back for the
             // GEMM; unfold and multiply bands of output rows that stay in the L2 cache instead.
@@ -592,7 +602,7 @@ fn conv2d_bwd_input<T: Real>(w: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
         };
         debug_assert_eq!((gt.ho(), gt.wo()), (g.h, g.w));
         with_workspace::<T, _>(gt.ckk() * g.h * g.w, |col| {
-            conv2d_fwd_with(dy, &wt, None, &gt, &mut dx, col)
+            conv2d_fwd_with(dy, &wt, false, &gt, &mut dx, col)
         });
         return dx;
     }
@@ -674,6 +684,82 @@ pub fn group_norm_fwd<T: Real>(
     beta: Option<&[T]>,
     eps: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    group_norm_fwd_then(x, n, c, s, groups, gamma, beta, eps, |z| z)
+}
+
+/// `x·sigmoid(x)`, as [`crate::ops::Activation::Silu`] computes it.
+#[inline(always)]
+fn silu<T: Real>(x: T) -> T {
+    x * (T::ONE / (T::ONE + (-x).exp()))
+}
+
+/// The derivative of [`silu`], as [`crate::ops::Activation::Silu`]'s backward computes it.
+#[inline(always)]
+fn silu_grad<T: Real>(x: T) -> T {
+    let s = T::ONE / (T::ONE + (-x).exp());
+    s * (T::ONE + x * (T::ONE - s))
+}
+
+/// Group norm followed by SiLU in one pass (the ResNet blocks' `norm → SiLU`): `y = silu(group_norm(x))`,
+/// bit for bit the two ops in a row, without writing the normalised tensor. Returns `(y, mean, rstd)`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_fwd<T: Real>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    eps: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    group_norm_fwd_then(x, n, c, s, groups, gamma, beta, eps, silu)
+}
+
+/// Backward of [`group_norm_silu_fwd`]: the normalised values are recomputed from `x` and the statistics,
+/// the gradient goes through SiLU, then through the group norm. Returns `(dx, dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_bwd<T: Real>(
+    x: &[T],
+    dy: &[T],
+    mean: &[T],
+    rstd: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let cg = c / groups;
+    let mut dz = dy.to_vec();
+    for_each_chunk(&mut dz, s, |(row, dr)| {
+        let ch = row % c;
+        let ng = (row / c) * groups + ch / cg;
+        let (m, r) = (mean[ng], rstd[ng]);
+        let ga = gamma.map_or(T::ONE, |g| g[ch]);
+        let be = beta.map_or(T::ZERO, |b| b[ch]);
+        let xr = &x[row * s..(row + 1) * s];
+        for (d, &v) in dr.iter_mut().zip(xr) {
+            *d = *d * silu_grad((v - m) * r * ga + be);
+        }
+    });
+    group_norm_bwd(x, &dz, mean, rstd, n, c, s, groups, gamma)
+}
+
+/// Group norm forward with `post` applied to each normalised value.
+#[allow(clippy::too_many_arguments)]
+fn group_norm_fwd_then<T: Real>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    eps: f64,
+    post: impl Fn(T) -> T + Sync + Send,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let cg = c / groups;
     let len = cg * s;
     let (mean, rstd) = row_stats(x, n * groups, len, eps);
@@ -686,7 +772,7 @@ pub fn group_norm_fwd<T: Real>(
         let be = beta.map_or(T::ZERO, |b| b[ch]);
         let xr = &x[row * s..(row + 1) * s];
         for (o, &v) in yr.iter_mut().zip(xr) {
-            *o = (v - m) * r * ga + be;
+            *o = post((v - m) * r * ga + be);
         }
     });
     (y, mean, rstd)
@@ -910,17 +996,21 @@ pub fn softmax_rows_inplace<T: Real>(x: &mut [T], d: usize, causal: Option<(usiz
 
 /// Softmax backward over rows: `dx = y ⊙ (dy − Σ dy⊙y)`.
 pub fn softmax_rows_bwd<T: Real>(y: &[T], dy: &[T], d: usize) -> Vec<T> {
-    let mut dx = vec![T::ZERO; y.len()];
-    let body = |(r, o): (usize, &mut [T])| {
+    let mut dx = dy.to_vec();
+    softmax_rows_bwd_inplace(y, &mut dx, d);
+    dx
+}
+
+/// [`softmax_rows_bwd`] overwriting the incoming gradient `g` with the result.
+pub fn softmax_rows_bwd_inplace<T: Real>(y: &[T], g: &mut [T], d: usize) {
+    let body = |(r, gr): (usize, &mut [T])| {
         let yr = &y[r * d..(r + 1) * d];
-        let gr = &dy[r * d..(r + 1) * d];
-        let dot: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
-        for j in 0..d {
-            o[j] = yr[j] * (gr[j] - dot);
+        let dot: T = yr.iter().zip(gr.iter()).map(|(&a, &b)| a * b).sum();
+        for (o, &yv) in gr.iter_mut().zip(yr) {
+            *o = yv * (*o - dot);
         }
     };
-    for_each_chunk(&mut dx, d, body);
-    dx
+    for_each_chunk(g, d, body);
 }
 
 /// The geometry of scaled dot-product attention: `bh` independent (batch·head) matrices,
@@ -943,9 +1033,33 @@ pub struct AttnGeom {
     pub causal: bool,
 }
 
-fn attn_probs<T: Real>(q: &[T], k: &[T], g: &AttnGeom, i: usize, p: &mut [T]) {
-    let qi = &q[i * g.lq * g.d..(i + 1) * g.lq * g.d];
-    let ki = &k[i * g.lk * g.d..(i + 1) * g.lk * g.d];
+/// Where matrix `i` of an attention lives when `heads` heads are interleaved in each row (`[B, L, heads, d]`,
+/// i.e. the `[B, L, heads·d]` output of a projection, with `bh = B·heads`): its first element and the
+/// stride between its rows. With `heads = 1` this is the plain `[bh, L, d]` layout.
+#[derive(Clone, Copy)]
+struct HeadLayout {
+    heads: usize,
+}
+
+impl HeadLayout {
+    /// (offset, row stride) of matrix `i` in a tensor of `len` rows of `width` per head.
+    #[inline]
+    fn at(self, i: usize, len: usize, width: usize) -> (usize, usize) {
+        let (b, h) = (i / self.heads, i % self.heads);
+        let ld = self.heads * width;
+        (b * len * ld + h * width, ld)
+    }
+}
+
+/// The slice a strided matrix of `rows` rows of `cols` at stride `ld` starting at `off` spans.
+#[inline]
+fn span(off: usize, rows: usize, cols: usize, ld: usize) -> std::ops::Range<usize> {
+    off..off + if rows == 0 { 0 } else { (rows - 1) * ld + cols }
+}
+
+fn attn_probs<T: Real>(q: &[T], k: &[T], g: &AttnGeom, lay: HeadLayout, i: usize, p: &mut [T]) {
+    let (qo, ldq) = lay.at(i, g.lq, g.d);
+    let (ko, ldk) = lay.at(i, g.lk, g.d);
     T::gemm(
         false,
         true,
@@ -953,10 +1067,10 @@ fn attn_probs<T: Real>(q: &[T], k: &[T], g: &AttnGeom, i: usize, p: &mut [T]) {
         g.lk,
         g.d,
         T::from_f64(g.scale),
-        qi,
-        g.d,
-        ki,
-        g.d,
+        &q[span(qo, g.lq, g.d, ldq)],
+        ldq,
+        &k[span(ko, g.lk, g.d, ldk)],
+        ldk,
         T::ZERO,
         p,
         g.lk,
@@ -968,12 +1082,26 @@ fn attn_probs<T: Real>(q: &[T], k: &[T], g: &AttnGeom, i: usize, p: &mut [T]) {
 /// Attention forward: `o = softmax(scale·q·kᵀ)·v`, one (batch, head) matrix at a time (the probability
 /// matrix is never kept: the backward pass recomputes it, as the flash kernel does).
 pub fn attention_fwd<T: Real>(q: &[T], k: &[T], v: &[T], g: &AttnGeom) -> Vec<T> {
+    attention_fwd_heads(q, k, v, g, 1)
+}
+
+/// [`attention_fwd`] on head-interleaved tensors: `q [B, Lq, heads·d]`, `k [B, Lk, heads·d]`,
+/// `v [B, Lk, heads·dv]` → `o [B, Lq, heads·dv]`, with `g.bh = B·heads`. Each head's matrices are read and
+/// written in place through the GEMMs' leading dimensions, so multi-head attention needs no permuted copies.
+pub fn attention_fwd_heads<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    g: &AttnGeom,
+    heads: usize,
+) -> Vec<T> {
+    let lay = HeadLayout { heads };
     let mut o = vec![T::ZERO; g.bh * g.lq * g.dv];
     let mut p = vec![T::ZERO; g.lq * g.lk];
     for i in 0..g.bh {
-        attn_probs(q, k, g, i, &mut p);
-        let vi = &v[i * g.lk * g.dv..(i + 1) * g.lk * g.dv];
-        let oi = &mut o[i * g.lq * g.dv..(i + 1) * g.lq * g.dv];
+        attn_probs(q, k, g, lay, i, &mut p);
+        let (vo, ldv) = lay.at(i, g.lk, g.dv);
+        let (oo, ldo) = lay.at(i, g.lq, g.dv);
         T::gemm(
             false,
             false,
@@ -983,11 +1111,11 @@ pub fn attention_fwd<T: Real>(q: &[T], k: &[T], v: &[T], g: &AttnGeom) -> Vec<T>
             T::ONE,
             &p,
             g.lk,
-            vi,
-            g.dv,
+            &v[span(vo, g.lk, g.dv, ldv)],
+            ldv,
             T::ZERO,
-            oi,
-            g.dv,
+            &mut o[span(oo, g.lq, g.dv, ldo)],
+            ldo,
         );
     }
     o
@@ -1001,6 +1129,19 @@ pub fn attention_bwd<T: Real>(
     d_o: &[T],
     g: &AttnGeom,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    attention_bwd_heads(q, k, v, d_o, g, 1)
+}
+
+/// [`attention_bwd`] on head-interleaved tensors (see [`attention_fwd_heads`]).
+pub fn attention_bwd_heads<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d_o: &[T],
+    g: &AttnGeom,
+    heads: usize,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let lay = HeadLayout { heads };
     let mut dq = vec![T::ZERO; q.len()];
     let mut dk = vec![T::ZERO; k.len()];
     let mut dv = vec![T::ZERO; v.len()];
@@ -1008,14 +1149,14 @@ pub fn attention_bwd<T: Real>(
     let mut dp = vec![T::ZERO; g.lq * g.lk];
     let sc = T::from_f64(g.scale);
     for i in 0..g.bh {
-        attn_probs(q, k, g, i, &mut p);
-        let (qo, ko, vo, oo) = (
-            i * g.lq * g.d,
-            i * g.lk * g.d,
-            i * g.lk * g.dv,
-            i * g.lq * g.dv,
-        );
-        let doi = &d_o[oo..oo + g.lq * g.dv];
+        attn_probs(q, k, g, lay, i, &mut p);
+        let (qs, ldq) = lay.at(i, g.lq, g.d);
+        let (ks, ldk) = lay.at(i, g.lk, g.d);
+        let (vs, ldv) = lay.at(i, g.lk, g.dv);
+        let (os, ldo) = lay.at(i, g.lq, g.dv);
+        let (qs, ks) = (span(qs, g.lq, g.d, ldq), span(ks, g.lk, g.d, ldk));
+        let (vs, os) = (span(vs, g.lk, g.dv, ldv), span(os, g.lq, g.dv, ldo));
+        let doi = &d_o[os];
         // dV = Pᵀ·dO
         T::gemm(
             true,
@@ -1027,10 +1168,10 @@ pub fn attention_bwd<T: Real>(
             &p,
             g.lk,
             doi,
-            g.dv,
+            ldo,
             T::ZERO,
-            &mut dv[vo..vo + g.lk * g.dv],
-            g.dv,
+            &mut dv[vs.clone()],
+            ldv,
         );
         // dP = dO·Vᵀ
         T::gemm(
@@ -1041,15 +1182,15 @@ pub fn attention_bwd<T: Real>(
             g.dv,
             T::ONE,
             doi,
-            g.dv,
-            &v[vo..vo + g.lk * g.dv],
-            g.dv,
+            ldo,
+            &v[vs],
+            ldv,
             T::ZERO,
             &mut dp,
             g.lk,
         );
-        // dS = P ⊙ (dP − rowsum(dP ⊙ P))
-        let ds = softmax_rows_bwd(&p, &dp, g.lk);
+        // dS = P ⊙ (dP − rowsum(dP ⊙ P)), in place in dp.
+        softmax_rows_bwd_inplace(&p, &mut dp, g.lk);
         // dQ = scale·dS·K ; dK = scale·dSᵀ·Q
         T::gemm(
             false,
@@ -1058,13 +1199,13 @@ pub fn attention_bwd<T: Real>(
             g.d,
             g.lk,
             sc,
-            &ds,
+            &dp,
             g.lk,
-            &k[ko..ko + g.lk * g.d],
-            g.d,
+            &k[ks.clone()],
+            ldk,
             T::ZERO,
-            &mut dq[qo..qo + g.lq * g.d],
-            g.d,
+            &mut dq[qs.clone()],
+            ldq,
         );
         T::gemm(
             true,
@@ -1073,13 +1214,13 @@ pub fn attention_bwd<T: Real>(
             g.d,
             g.lq,
             sc,
-            &ds,
+            &dp,
             g.lk,
-            &q[qo..qo + g.lq * g.d],
-            g.d,
+            &q[qs],
+            ldq,
             T::ZERO,
-            &mut dk[ko..ko + g.lk * g.d],
-            g.d,
+            &mut dk[ks],
+            ldk,
         );
     }
     (dq, dk, dv)
@@ -1473,6 +1614,60 @@ mod tests {
             conv2d_bwd_input_fold(&wt, &dy, &g, &mut want);
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-12, "k{k} p{pad}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn attention_on_interleaved_heads_equals_permuted_attention() {
+        // q [b, lq, h·d], k [b, lk, h·d], v [b, lk, h·dv] against [b·h, l, d] copies, causal and not.
+        let (b, h, lq, lk, d, dv) = (2usize, 3usize, 5usize, 4usize, 2usize, 3usize);
+        let data =
+            |n: usize, f: f64| -> Vec<f64> { (0..n).map(|i| (i as f64 * f).sin()).collect() };
+        let (q, k, v) = (
+            data(b * lq * h * d, 0.37),
+            data(b * lk * h * d, 0.91),
+            data(b * lk * h * dv, 0.53),
+        );
+        let d_o = data(b * lq * h * dv, 0.29);
+        let split = |t: &[f64], l: usize, w: usize| permute(t, &[b, l, h, w], &[0, 2, 1, 3]);
+        let merge = |t: &[f64], l: usize, w: usize| permute(t, &[b, h, l, w], &[0, 2, 1, 3]);
+        for causal in [false, true] {
+            let g = AttnGeom {
+                bh: b * h,
+                lq,
+                lk,
+                d,
+                dv,
+                scale: 0.7,
+                causal,
+            };
+            let o = attention_fwd_heads(&q, &k, &v, &g, h);
+            let want = merge(
+                &attention_fwd(&split(&q, lq, d), &split(&k, lk, d), &split(&v, lk, dv), &g),
+                lq,
+                dv,
+            );
+            assert_eq!(o.len(), want.len());
+            for (a, w) in o.iter().zip(&want) {
+                assert!((a - w).abs() < 1e-12, "forward {a} vs {w}");
+            }
+            let (dq, dk, dvv) = attention_bwd_heads(&q, &k, &v, &d_o, &g, h);
+            let (wq, wk, wv) = attention_bwd(
+                &split(&q, lq, d),
+                &split(&k, lk, d),
+                &split(&v, lk, dv),
+                &split(&d_o, lq, dv),
+                &g,
+            );
+            for (got, want) in [
+                (dq, merge(&wq, lq, d)),
+                (dk, merge(&wk, lk, d)),
+                (dvv, merge(&wv, lk, dv)),
+            ] {
+                for (a, w) in got.iter().zip(&want) {
+                    assert!((a - w).abs() < 1e-12, "backward {a} vs {w}");
+                }
             }
         }
     }
