@@ -134,7 +134,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
                 m * k,
                 &bd,
                 if b_shared { 0 } else { k * n },
-                T::ZERO,
+                cpu::onto_zeros(),
                 &mut c,
             );
             Ok(out(c, &os, a))
@@ -223,7 +223,7 @@ pub fn matmul_backward(
                         n,
                         bi,
                         if tb { k } else { n },
-                        T::ZERO,
+                        cpu::onto_zeros(),
                         di,
                         k,
                     );
@@ -240,7 +240,7 @@ pub fn matmul_backward(
                         if tb { k } else { n },
                         gi,
                         n,
-                        T::ZERO,
+                        cpu::onto_zeros(),
                         di,
                         m,
                     );
@@ -255,10 +255,11 @@ pub fn matmul_backward(
             for i in 0..batch {
                 let gi = &g[i * m * n..(i + 1) * m * n];
                 let ai = &ad[i * m * k..(i + 1) * m * k];
+                // db starts zeroed: every product adds onto it (for a shared B, the batch sum).
                 let (di, beta) = if b_shared {
-                    (&mut db[..], if i == 0 { T::ZERO } else { T::ONE })
+                    (&mut db[..], cpu::onto_zeros())
                 } else {
-                    (&mut db[i * k * n..(i + 1) * k * n], T::ZERO)
+                    (&mut db[i * k * n..(i + 1) * k * n], cpu::onto_zeros())
                 };
                 if !tb {
                     // dB [k,n] = op(A)ᵀ · dC
@@ -352,7 +353,7 @@ fn cpu_linear<T: Real>(
             }
             (y, T::ONE)
         }
-        None => (vec![T::ZERO; rows * out_f], T::ZERO),
+        None => (vec![T::ZERO; rows * out_f], cpu::onto_zeros()),
     };
     T::gemm(
         false,
@@ -469,7 +470,7 @@ pub fn lora_linear(
             inn,
             &dd,
             inn,
-            T::ZERO,
+            cpu::onto_zeros(),
             &mut lx,
             r,
         );
@@ -569,7 +570,7 @@ pub fn lora_linear_backward(
                 out_f,
                 &ld,
                 r,
-                T::ZERO,
+                cpu::onto_zeros(),
                 &mut du,
                 r,
             );
@@ -591,7 +592,7 @@ pub fn lora_linear_backward(
                 out_f,
                 &ud,
                 r,
-                T::ZERO,
+                cpu::onto_zeros(),
                 &mut dlx,
                 r,
             );
@@ -609,7 +610,7 @@ pub fn lora_linear_backward(
                     r,
                     &xd,
                     inn,
-                    T::ZERO,
+                    cpu::onto_zeros(),
                     &mut d,
                     inn,
                 );
@@ -629,7 +630,7 @@ pub fn lora_linear_backward(
                     out_f,
                     &wd,
                     inn,
-                    T::ZERO,
+                    cpu::onto_zeros(),
                     &mut d,
                     inn,
                 );
