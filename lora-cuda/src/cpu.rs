@@ -740,7 +740,7 @@ pub fn group_norm_silu_bwd<T: Real>(
         let be = beta.map_or(T::ZERO, |b| b[ch]);
         let xr = &x[row * s..(row + 1) * s];
         for (d, &v) in dr.iter_mut().zip(xr) {
-            *d = *d * silu_grad((v - m) * r * ga + be);
+            *d *= silu_grad((v - m) * r * ga + be);
         }
     });
     group_norm_bwd(x, &dz, mean, rstd, n, c, s, groups, gamma)

@@ -185,7 +185,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
     // k ∈ [−126, 128]: 2^k as two factors so that k = 128 (x just below HI) does not overflow the exponent.
     // k from t's mantissa (t = 1.5·2^23 + k exactly): integer lanes, where `k as i32` would be a scalar

@@ -475,7 +475,7 @@ pub fn lora_linear(
             r,
         );
         let sv = T::from_f64(scale);
-        lx.iter_mut().for_each(|v| *v = *v * sv);
+        lx.iter_mut().for_each(|v| *v *= sv);
         // y = x·Wᵀ + b exactly as [`linear`] computes it, then += lxs·Uᵀ.
         let bd = b.map(|b| b.cpu_data::<T>()).transpose()?;
         let mut y = cpu_linear(&xd, &wd, bd.as_deref(), rows, out_f, inn);
