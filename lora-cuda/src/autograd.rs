@@ -338,8 +338,17 @@ impl Graph {
         Ok(Var(self.nodes.len() - 1))
     }
 
+    /// True when an op on these inputs will record its backward function (gradients are on and flow into
+    /// one of them): an op can then keep what its backward pass needs.
+    fn records(&self, inputs: &[Var]) -> bool {
+        self.grad_enabled
+            && inputs
+                .iter()
+                .any(|v| self.nodes.get(v.0).is_some_and(|n| n.requires_grad))
+    }
+
     fn push(&mut self, value: Tensor, inputs: Vec<Var>, backward: BackwardFn) -> Var {
-        let requires = self.grad_enabled && inputs.iter().any(|v| self.nodes[v.0].requires_grad);
+        let requires = self.records(&inputs);
         self.nodes.push(Node {
             value,
             inputs,
@@ -595,13 +604,29 @@ impl Graph {
         causal: bool,
     ) -> Result<Var> {
         let [qt, kt, vt] = self.vals([q, k, v])?;
-        let y = ops::attention_heads(&qt, &kt, &vt, heads, scale, causal)?;
+        // When a backward pass will run, keep the probabilities it needs (CPU) instead of recomputing them.
+        let (y, probs) = if self.records(&[q, k, v]) {
+            ops::attention_heads_keep(&qt, &kt, &vt, heads, scale, causal)?
+        } else {
+            (
+                ops::attention_heads(&qt, &kt, &vt, heads, scale, causal)?,
+                None,
+            )
+        };
         Ok(self.push(
             y,
             vec![q, k, v],
             Box::new(move |dy, _| {
-                let (dq, dk, dv) =
-                    ops::attention_heads_backward(&qt, &kt, &vt, dy, heads, scale, causal)?;
+                let (dq, dk, dv) = ops::attention_heads_backward(
+                    &qt,
+                    &kt,
+                    &vt,
+                    probs.as_ref(),
+                    dy,
+                    heads,
+                    scale,
+                    causal,
+                )?;
                 Ok(vec![Some(dq), Some(dk), Some(dv)])
             }),
         ))

@@ -1094,11 +1094,30 @@ pub fn attention_fwd_heads<T: Real>(
     g: &AttnGeom,
     heads: usize,
 ) -> Vec<T> {
+    attention_fwd_heads_keep(q, k, v, g, heads, None)
+}
+
+/// [`attention_fwd_heads`] that also writes every head's probability matrix into `probs`
+/// (`[bh, lq, lk]`) when given, so that the backward pass can take them instead of recomputing them.
+pub fn attention_fwd_heads_keep<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    g: &AttnGeom,
+    heads: usize,
+    mut probs: Option<&mut [T]>,
+) -> Vec<T> {
     let lay = HeadLayout { heads };
+    let pl = g.lq * g.lk;
     let mut o = vec![T::ZERO; g.bh * g.lq * g.dv];
-    let mut p = vec![T::ZERO; g.lq * g.lk];
+    let mut scratch = vec![T::ZERO; if probs.is_some() { 0 } else { pl }];
     for i in 0..g.bh {
-        attn_probs(q, k, g, lay, i, &mut p);
+        let p: &mut [T] = match probs.as_deref_mut() {
+            Some(all) => &mut all[i * pl..(i + 1) * pl],
+            None => &mut scratch,
+        };
+        attn_probs(q, k, g, lay, i, p);
+        let p: &[T] = p;
         let (vo, ldv) = lay.at(i, g.lk, g.dv);
         let (oo, ldo) = lay.at(i, g.lq, g.dv);
         T::gemm(
@@ -1108,7 +1127,7 @@ pub fn attention_fwd_heads<T: Real>(
             g.dv,
             g.lk,
             T::ONE,
-            &p,
+            p,
             g.lk,
             &v[span(vo, g.lk, g.dv, ldv)],
             ldv,
@@ -1140,15 +1159,36 @@ pub fn attention_bwd_heads<T: Real>(
     g: &AttnGeom,
     heads: usize,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    attention_bwd_heads_kept(q, k, v, d_o, g, heads, None)
+}
+
+/// [`attention_bwd_heads`] with the probability matrices the forward pass kept (see
+/// [`attention_fwd_heads_keep`]), or recomputing them when `probs` is None.
+pub fn attention_bwd_heads_kept<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d_o: &[T],
+    g: &AttnGeom,
+    heads: usize,
+    probs: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let lay = HeadLayout { heads };
+    let pl = g.lq * g.lk;
     let mut dq = vec![T::ZERO; q.len()];
     let mut dk = vec![T::ZERO; k.len()];
     let mut dv = vec![T::ZERO; v.len()];
-    let mut p = vec![T::ZERO; g.lq * g.lk];
-    let mut dp = vec![T::ZERO; g.lq * g.lk];
+    let mut scratch = vec![T::ZERO; if probs.is_some() { 0 } else { pl }];
+    let mut dp = vec![T::ZERO; pl];
     let sc = T::from_f64(g.scale);
     for i in 0..g.bh {
-        attn_probs(q, k, g, lay, i, &mut p);
+        let p: &[T] = match probs {
+            Some(all) => &all[i * pl..(i + 1) * pl],
+            None => {
+                attn_probs(q, k, g, lay, i, &mut scratch);
+                &scratch
+            }
+        };
         let (qs, ldq) = lay.at(i, g.lq, g.d);
         let (ks, ldk) = lay.at(i, g.lk, g.d);
         let (vs, ldv) = lay.at(i, g.lk, g.dv);
@@ -1164,7 +1204,7 @@ pub fn attention_bwd_heads<T: Real>(
             g.dv,
             g.lq,
             T::ONE,
-            &p,
+            p,
             g.lk,
             doi,
             ldo,
@@ -1189,7 +1229,7 @@ pub fn attention_bwd_heads<T: Real>(
             g.lk,
         );
         // dS = P ⊙ (dP − rowsum(dP ⊙ P)), in place in dp.
-        softmax_rows_bwd_inplace(&p, &mut dp, g.lk);
+        softmax_rows_bwd_inplace(p, &mut dp, g.lk);
         // dQ = scale·dS·K ; dK = scale·dSᵀ·Q
         T::gemm(
             false,

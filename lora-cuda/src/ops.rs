@@ -1442,17 +1442,68 @@ pub fn attention_heads(
     })
 }
 
-/// Gradients of [`attention_heads`]: `(dq, dk, dv)`.
+/// [`attention_heads`] for training on the CPU: also returns the probability matrices `[bh, lq, lk]` (f32,
+/// or f64 for f64 inputs), so that [`attention_heads_backward`] does not recompute them (one GEMM and a
+/// softmax per head saved, for `bh·lq·lk` values kept). On CUDA the probabilities are not kept (None).
+pub fn attention_heads_keep(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let g = attn_heads_geom(q, k, v, heads, scale, causal)?;
+    if on_cuda("attention_heads_keep", &[q, k, v])? {
+        return Ok((attention_heads(q, k, v, heads, scale, causal)?, None));
+    }
+    with_real!(cdt(&[q, k, v]), T, {
+        let mut probs = vec![T::ZERO; g.bh * g.lq * g.lk];
+        let o = cpu::attention_fwd_heads_keep(
+            &q.cpu_data::<T>()?,
+            &k.cpu_data::<T>()?,
+            &v.cpu_data::<T>()?,
+            &g,
+            heads,
+            Some(&mut probs),
+        );
+        let mut os = q.shape().to_vec();
+        *os.last_mut().unwrap_or(&mut 0) = heads * g.dv;
+        Ok((
+            out(o, &os, q),
+            Some(Tensor::from_real(probs, vec![g.bh, g.lq, g.lk], T::DTYPE)),
+        ))
+    })
+}
+
+/// Gradients of [`attention_heads`]: `(dq, dk, dv)`, with the probabilities from [`attention_heads_keep`]
+/// when there are (else recomputed).
+#[allow(clippy::too_many_arguments)]
 pub fn attention_heads_backward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    probs: Option<&Tensor>,
     d_o: &Tensor,
     heads: usize,
     scale: f64,
     causal: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let g = attn_heads_geom(q, k, v, heads, scale, causal)?;
+    if let Some(p) = probs {
+        if p.numel() != g.bh * g.lq * g.lk {
+            return Err(shape_err(
+                "attention_heads_backward",
+                format!(
+                    "probabilities {:?} for {} matrices of {}×{}",
+                    p.shape(),
+                    g.bh,
+                    g.lq,
+                    g.lk
+                ),
+            ));
+        }
+    }
     if d_o.numel() != g.bh * g.lq * g.dv {
         return Err(shape_err(
             "attention_heads_backward",
@@ -1478,13 +1529,15 @@ pub fn attention_heads_backward(
         return Ok((merge(dq, q)?, merge(dk, k)?, merge(dv, v)?));
     }
     with_real!(cdt(&[q, k, v, d_o]), T, {
-        let (dq, dk, dv) = cpu::attention_bwd_heads(
+        let pd = probs.map(|p| p.cpu_data::<T>()).transpose()?;
+        let (dq, dk, dv) = cpu::attention_bwd_heads_kept(
             &q.cpu_data::<T>()?,
             &k.cpu_data::<T>()?,
             &v.cpu_data::<T>()?,
             &d_o.cpu_data::<T>()?,
             &g,
             heads,
+            pd.as_deref(),
         );
         Ok((
             out(dq, q.shape(), q),
