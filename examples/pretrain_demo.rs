@@ -179,9 +179,7 @@ fn train(
                 start.elapsed().as_secs_f64()
             );
         }
-        if minutes
-            .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0)
-        {
+        if minutes.is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0) {
             out_of_time = true;
             return Err(lora_cuda::Error::InvalidArgument {
                 what: "--max_minutes".into(),
