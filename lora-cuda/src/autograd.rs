@@ -338,8 +338,17 @@ impl Graph {
         Ok(Var(self.nodes.len() - 1))
     }
 
+    /// True when an op on these inputs will record its backward function (gradients are on and flow into
+    /// one of them): an op can then keep what its backward pass needs.
+    fn records(&self, inputs: &[Var]) -> bool {
+        self.grad_enabled
+            && inputs
+                .iter()
+                .any(|v| self.nodes.get(v.0).is_some_and(|n| n.requires_grad))
+    }
+
     fn push(&mut self, value: Tensor, inputs: Vec<Var>, backward: BackwardFn) -> Var {
-        let requires = self.grad_enabled && inputs.iter().any(|v| self.nodes[v.0].requires_grad);
+        let requires = self.records(&inputs);
         self.nodes.push(Node {
             value,
             inputs,
@@ -394,6 +403,48 @@ impl Graph {
         ))
     }
 
+    /// A linear layer with a LoRA adapter in one op, `x·wᵀ + b + (s·(x·downᵀ))·upᵀ` (see
+    /// [`ops::lora_linear`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_linear(
+        &mut self,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        down: Var,
+        up: Var,
+        scale: f64,
+    ) -> Result<Var> {
+        let [xt, wt, dt, ut] = self.vals([x, w, down, up])?;
+        let bt = b.map(|b| self.value(b).cloned()).transpose()?;
+        let (y, lxs) = ops::lora_linear(&xt, &wt, bt.as_ref(), &dt, &ut, scale)?;
+        let has_b = b.is_some();
+        let mut inputs = vec![x, w, down, up];
+        inputs.extend(b);
+        Ok(self.push(
+            y,
+            inputs,
+            Box::new(move |dy, need| {
+                let need_b = has_b && need[4];
+                let (dx, dw, db, dd, du) = ops::lora_linear_backward(
+                    &xt,
+                    &wt,
+                    &dt,
+                    &ut,
+                    &lxs,
+                    scale,
+                    dy,
+                    [need[0], need[1], need_b, need[2], need[3]],
+                )?;
+                let mut g = vec![dx, dw, dd, du];
+                if has_b {
+                    g.push(db);
+                }
+                Ok(g)
+            }),
+        ))
+    }
+
     /// 2-D convolution (see [`ops::conv2d`]).
     pub fn conv2d(&mut self, x: Var, w: Var, b: Option<Var>, cfg: Conv2dCfg) -> Result<Var> {
         let [xt, wt] = self.vals([x, w])?;
@@ -433,6 +484,33 @@ impl Graph {
             vec![x, gamma, beta],
             Box::new(move |dy, _| {
                 let (dx, dg, db) = ops::group_norm_backward(&xt, groups, Some(&gt), &stats, dy)?;
+                Ok(vec![Some(dx), Some(dg), Some(db)])
+            }),
+        ))
+    }
+
+    /// Group norm with affine parameters, then SiLU (the ResNet blocks' `norm → SiLU`). On the CPU one fused
+    /// op that keeps only its input for the backward pass (see [`ops::group_norm_silu`]); on CUDA the two ops.
+    pub fn group_norm_silu(
+        &mut self,
+        x: Var,
+        groups: usize,
+        gamma: Var,
+        beta: Var,
+        eps: f64,
+    ) -> Result<Var> {
+        let [xt, gt, bt] = self.vals([x, gamma, beta])?;
+        if !xt.device().is_cpu() {
+            let h = self.group_norm(x, groups, gamma, beta, eps)?;
+            return self.silu(h);
+        }
+        let (y, stats) = ops::group_norm_silu(&xt, groups, Some(&gt), Some(&bt), eps)?;
+        Ok(self.push(
+            y,
+            vec![x, gamma, beta],
+            Box::new(move |dy, _| {
+                let (dx, dg, db) =
+                    ops::group_norm_silu_backward(&xt, groups, Some(&gt), Some(&bt), &stats, dy)?;
                 Ok(vec![Some(dx), Some(dg), Some(db)])
             }),
         ))
@@ -510,6 +588,45 @@ impl Graph {
             vec![q, k, v],
             Box::new(move |dy, _| {
                 let (dq, dk, dv) = ops::attention_backward(&qt, &kt, &vt, dy, scale, causal)?;
+                Ok(vec![Some(dq), Some(dk), Some(dv)])
+            }),
+        ))
+    }
+
+    /// Multi-head attention on `[..., L, heads·d]` projections (see [`ops::attention_heads`]).
+    pub fn attention_heads(
+        &mut self,
+        q: Var,
+        k: Var,
+        v: Var,
+        heads: usize,
+        scale: f64,
+        causal: bool,
+    ) -> Result<Var> {
+        let [qt, kt, vt] = self.vals([q, k, v])?;
+        // When a backward pass will run, keep the probabilities it needs (CPU) instead of recomputing them.
+        let (y, probs) = if self.records(&[q, k, v]) {
+            ops::attention_heads_keep(&qt, &kt, &vt, heads, scale, causal)?
+        } else {
+            (
+                ops::attention_heads(&qt, &kt, &vt, heads, scale, causal)?,
+                None,
+            )
+        };
+        Ok(self.push(
+            y,
+            vec![q, k, v],
+            Box::new(move |dy, _| {
+                let (dq, dk, dv) = ops::attention_heads_backward(
+                    &qt,
+                    &kt,
+                    &vt,
+                    probs.as_ref(),
+                    dy,
+                    heads,
+                    scale,
+                    causal,
+                )?;
                 Ok(vec![Some(dq), Some(dk), Some(dv)])
             }),
         ))
@@ -714,57 +831,139 @@ impl Graph {
     }
 
     /// Runs the tape backwards from a scalar `loss` and returns the gradients of the trainable parameters.
-    /// A non-scalar `loss` is seeded with ones (the gradient of its sum).
+    /// A non-scalar `loss` is seeded with ones (the gradient of its sum). The tape is kept (see
+    /// [`Graph::into_grads`] for the form that frees it as it goes).
     pub fn backward(&self, loss: Var) -> Result<Grads> {
-        let ln = self.node(loss)?;
+        let mut state = BackwardState::seed(self.node(loss)?, loss)?;
+        for i in (0..=loss.0).rev() {
+            state.visit(i, &self.nodes[i], &self.nodes[..i])?;
+        }
+        Ok(state.out)
+    }
+
+    /// [`Graph::backward`] that consumes the graph, dropping each op's saved tensors and value as soon as its
+    /// backward has run (torch's `backward()` without `retain_graph`): the memory of a training step peaks at
+    /// the end of the forward pass instead of growing with the gradients while every activation is still
+    /// held.
+    pub fn into_grads(self, loss: Var) -> Result<Grads> {
+        let mut state = BackwardState::seed(self.node(loss)?, loss)?;
+        let mut nodes = self.nodes;
+        nodes.truncate(loss.0 + 1);
+        while let Some(node) = nodes.pop() {
+            state.visit(nodes.len(), &node, &nodes)?;
+        }
+        Ok(state.out)
+    }
+}
+
+/// The gradients flowing back through a tape, and the parameter gradients collected so far.
+struct BackwardState {
+    grads: Vec<Option<Tensor>>,
+    out: Grads,
+}
+
+impl BackwardState {
+    fn seed(loss_node: &Node, loss: Var) -> Result<Self> {
         let mut grads: Vec<Option<Tensor>> = vec![None; loss.0 + 1];
-        let seed_dt = if ln.value.dtype() == DType::F64 {
+        let seed_dt = if loss_node.value.dtype() == DType::F64 {
             DType::F64
         } else {
             DType::F32
         };
-        grads[loss.0] =
-            Some(Tensor::ones(ln.value.shape(), seed_dt).to_device(&ln.value.device())?);
-        let mut out = Grads::default();
-        for i in (0..=loss.0).rev() {
-            let Some(g) = grads[i].take() else { continue };
-            let node = &self.nodes[i];
-            if let Some(pid) = node.param {
-                if node.requires_grad {
-                    let g = g.to_dtype(node.value.dtype())?;
-                    let v = match out.map.remove(&pid) {
-                        Some(prev) => ops::axpy(&prev, &g, 1.0)?,
-                        None => g,
-                    };
-                    out.map.insert(pid, v);
-                }
-                continue;
-            }
-            let Some(bw) = &node.backward else { continue };
-            let need: Vec<bool> = node
-                .inputs
-                .iter()
-                .map(|v| self.nodes[v.0].requires_grad)
-                .collect();
-            let gs = bw(&g, &need)?;
-            for ((inp, gi), needed) in node.inputs.iter().zip(gs).zip(need) {
-                let (Some(gi), true) = (gi, needed) else {
-                    continue;
+        grads[loss.0] = Some(
+            Tensor::ones(loss_node.value.shape(), seed_dt).to_device(&loss_node.value.device())?,
+        );
+        Ok(BackwardState {
+            grads,
+            out: Grads::default(),
+        })
+    }
+
+    /// Node `i` (whose inputs are among `earlier`, the nodes before it): its parameter gradient, or its
+    /// backward function's gradients added to its inputs'.
+    fn visit(&mut self, i: usize, node: &Node, earlier: &[Node]) -> Result<()> {
+        let Some(g) = self.grads[i].take() else {
+            return Ok(());
+        };
+        if let Some(pid) = node.param {
+            if node.requires_grad {
+                let g = g.to_dtype(node.value.dtype())?;
+                let v = match self.out.map.remove(&pid) {
+                    Some(prev) => ops::axpy(&prev, &g, 1.0)?,
+                    None => g,
                 };
-                let slot = &mut grads[inp.0];
-                *slot = Some(match slot.take() {
-                    Some(prev) => ops::axpy(&prev, &gi, 1.0)?,
-                    None => gi,
-                });
+                self.out.map.insert(pid, v);
             }
+            return Ok(());
         }
-        Ok(out)
+        let Some(bw) = &node.backward else {
+            return Ok(());
+        };
+        let need: Vec<bool> = node
+            .inputs
+            .iter()
+            .map(|v| earlier[v.0].requires_grad)
+            .collect();
+        let gs = bw(&g, &need)?;
+        drop(g);
+        for ((inp, gi), needed) in node.inputs.iter().zip(gs).zip(need) {
+            let (Some(gi), true) = (gi, needed) else {
+                continue;
+            };
+            let slot = &mut self.grads[inp.0];
+            *slot = Some(match slot.take() {
+                Some(prev) => ops::axpy(&prev, &gi, 1.0)?,
+                None => gi,
+            });
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn into_grads_equals_backward() {
+        let mut store = ParamStore::new();
+        let w = store
+            .add(
+                "w",
+                Tensor::from_vec((0..12).map(|i| i as f32 * 0.1 - 0.5).collect(), &[4, 3]).unwrap(),
+                true,
+            )
+            .unwrap();
+        let b = store
+            .add(
+                "b",
+                Tensor::from_vec(vec![0.1, -0.2, 0.3, 0.0], &[4]).unwrap(),
+                false,
+            )
+            .unwrap();
+        let build = || {
+            let mut g = Graph::new();
+            let x = g.input(
+                Tensor::from_vec((0..6).map(|i| i as f32 - 2.5).collect(), &[2, 3]).unwrap(),
+            );
+            let (wv, bv) = (g.param(&store, w).unwrap(), g.param(&store, b).unwrap());
+            let y = g.linear(x, wv, Some(bv)).unwrap();
+            let y = g.silu(y).unwrap();
+            let y2 = g.mul(y, y).unwrap();
+            let l = g.sum(y2).unwrap();
+            (g, l)
+        };
+        let (g1, l1) = build();
+        let kept = g1.backward(l1).unwrap();
+        let (g2, l2) = build();
+        let freed = g2.into_grads(l2).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(freed.len(), 1);
+        assert_eq!(
+            kept.get(w).unwrap().to_vec_f32().unwrap(),
+            freed.get(w).unwrap().to_vec_f32().unwrap()
+        );
+    }
 
     #[test]
     fn trainable_parameters_from_two_stores_are_refused() {

@@ -16,9 +16,33 @@ const PAR_MIN: usize = 1 << 14;
 /// Elements of the im2col matrix unfolded at once by a large convolution (512 KiB of f32: half an L2).
 const CONV_BAND: usize = 1 << 17;
 
+/// True when work over `n` elements is worth handing to rayon: large enough, and more than one thread to
+/// share it. With one thread (the benchmarks, a loaded machine) every kernel runs inline on the calling
+/// thread: a rayon call from outside the pool would otherwise hand each small job to the pool's worker and
+/// sleep on a futex until it returns (≈ 5 % of a demo training step in thread switches alone).
+#[inline]
+fn parallel(n: usize) -> bool {
+    n >= PAR_MIN && rayon::current_num_threads() > 1
+}
+
+/// Runs `body((i, chunk))` over the `chunk`-long pieces of `buf` (the last may be shorter), on rayon's
+/// threads when [`parallel`] says so.
+fn for_each_chunk<T: Send>(
+    buf: &mut [T],
+    chunk: usize,
+    body: impl Fn((usize, &mut [T])) + Sync + Send,
+) {
+    let chunk = chunk.max(1);
+    if parallel(buf.len()) {
+        buf.par_chunks_mut(chunk).enumerate().for_each(body);
+    } else {
+        buf.chunks_mut(chunk).enumerate().for_each(body);
+    }
+}
+
 /// `c[i] = f(a[i])`, in parallel for large inputs.
 pub fn map<T: Real>(a: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
-    if a.len() >= PAR_MIN {
+    if parallel(a.len()) {
         a.par_iter().map(|&x| f(x)).collect()
     } else {
         a.iter().map(|&x| f(x)).collect()
@@ -28,7 +52,7 @@ pub fn map<T: Real>(a: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
 /// `c[i] = f(a[i], b[i])` for equal lengths.
 pub fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
     debug_assert_eq!(a.len(), b.len());
-    if a.len() >= PAR_MIN {
+    if parallel(a.len()) {
         a.par_iter()
             .zip(b.par_iter())
             .map(|(&x, &y)| f(x, y))
@@ -46,22 +70,20 @@ pub fn zip3_map<T: Real>(
     f: impl Fn(T, T, T) -> T + Sync + Send,
 ) -> Vec<T> {
     let n = a.len();
-    let mut out = vec![T::ZERO; n];
-    if n >= PAR_MIN {
-        out.par_iter_mut()
-            .enumerate()
-            .for_each(|(i, o)| *o = f(a[i], b[i], c[i]));
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    if parallel(n) {
+        (0..n)
+            .into_par_iter()
+            .map(|i| f(a[i], b[i], c[i]))
+            .collect()
     } else {
-        for i in 0..n {
-            out[i] = f(a[i], b[i], c[i]);
-        }
+        (0..n).map(|i| f(a[i], b[i], c[i])).collect()
     }
-    out
 }
 
 /// Sum in f64 (pairwise through rayon for large inputs), returned in T.
 pub fn sum<T: Real>(a: &[T]) -> T {
-    let s: f64 = if a.len() >= PAR_MIN {
+    let s: f64 = if parallel(a.len()) {
         a.par_chunks(4096)
             .map(|c| c.iter().map(|x| x.to_f64()).sum::<f64>())
             .sum()
@@ -71,8 +93,42 @@ pub fn sum<T: Real>(a: &[T]) -> T {
     T::from_f64(s)
 }
 
+/// Tells glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel (once per
+/// process; other C libraries: nothing).
+///
+/// Every CPU op allocates its output, and a training step frees and allocates the same few hundred
+/// megabytes each step. With glibc's defaults, blocks above the (adaptive) mmap threshold are fresh `mmap`s
+/// and the top of the heap is trimmed past 128 KiB free, so each step page-faults and zeroes its memory
+/// again: 10–15 % of a demo training step in the kernel. With both thresholds raised, the heap stays at the
+/// step's peak and is reused; the peak resident size does not grow. [`crate::train::Trainer::new`] and the
+/// sampling pipeline call this; it is the same as running with
+/// `GLIBC_TUNABLES=glibc.malloc.trim_threshold=…:glibc.malloc.mmap_threshold=…`.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only sets allocator parameters; it is safe to call at any time.
+            unsafe {
+                // Blocks up to 32 MiB (glibc's largest allowed threshold) come from the heap, so they are
+                // reused, and the heap is trimmed only when 1 GiB at its top is free.
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            }
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Matrix products
+
+/// The `beta` of a GEMM whose output buffer was just allocated zeroed: 1, adding onto the zeros. The same
+/// result as beta = 0 (0 + x = x), but OpenBLAS then skips the pass in which it first zeroes C itself for
+/// beta = 0 (`sgemm_beta`, ≈ 3 % of a demo training step).
+#[inline(always)]
+pub(crate) fn onto_zeros<T: Real>() -> T {
+    T::ONE
+}
 
 /// Batched row-major GEMM: for each batch i, `C_i = alpha·op(A_i)·op(B_i) + beta·C_i`, where A_i has
 /// `a_stride` elements between batches (0: the same A for every batch), likewise B.
@@ -255,7 +311,7 @@ pub fn im2col_band<T: Real>(x: &[T], g: &ConvGeom, oy0: usize, oy1: usize, col: 
         return;
     }
     let col = &mut col[..g.ckk() * nb];
-    if col.len() >= PAR_MIN {
+    if parallel(col.len()) {
         // Rows of a small image are short: hand rayon tasks of at least PAR_MIN elements.
         col.par_chunks_mut(nb)
             .with_min_len((PAR_MIN / nb).max(1))
@@ -271,67 +327,66 @@ pub fn col2im<T: Real>(col: &[T], g: &ConvGeom, dx: &mut [T]) {
     let (ho, wo) = (g.ho(), g.wo());
     let hw = ho * wo;
     let kk = g.kh * g.kw;
-    dx.par_chunks_mut(g.h * g.w)
-        .enumerate()
-        .for_each(|(ci, xc)| {
-            xc.fill(T::ZERO);
-            for k in 0..kk {
-                let ky = k / g.kw;
-                let kx = k % g.kw;
-                let crow = &col[(ci * kk + k) * hw..(ci * kk + k + 1) * hw];
-                let ox_ok = valid_out_range(g.w, wo, g.stride, kx, g.pad);
-                if ox_ok.is_empty() {
-                    continue;
-                }
-                let ix0 = ox_ok.start * g.stride + kx - g.pad;
-                for oy in valid_out_range(g.h, ho, g.stride, ky, g.pad) {
-                    let iy = oy * g.stride + ky - g.pad;
-                    let src = &crow[oy * wo + ox_ok.start..oy * wo + ox_ok.end];
-                    let xrow = &mut xc[iy * g.w..(iy + 1) * g.w];
-                    if g.stride == 1 {
-                        for (d, s) in xrow[ix0..ix0 + src.len()].iter_mut().zip(src) {
-                            *d += *s;
-                        }
-                    } else {
-                        for (d, s) in xrow[ix0..].iter_mut().step_by(g.stride).zip(src) {
-                            *d += *s;
-                        }
+    for_each_chunk(dx, g.h * g.w, |(ci, xc)| {
+        xc.fill(T::ZERO);
+        for k in 0..kk {
+            let ky = k / g.kw;
+            let kx = k % g.kw;
+            let crow = &col[(ci * kk + k) * hw..(ci * kk + k + 1) * hw];
+            let ox_ok = valid_out_range(g.w, wo, g.stride, kx, g.pad);
+            if ox_ok.is_empty() {
+                continue;
+            }
+            let ix0 = ox_ok.start * g.stride + kx - g.pad;
+            for oy in valid_out_range(g.h, ho, g.stride, ky, g.pad) {
+                let iy = oy * g.stride + ky - g.pad;
+                let src = &crow[oy * wo + ox_ok.start..oy * wo + ox_ok.end];
+                let xrow = &mut xc[iy * g.w..(iy + 1) * g.w];
+                if g.stride == 1 {
+                    for (d, s) in xrow[ix0..ix0 + src.len()].iter_mut().zip(src) {
+                        *d += *s;
+                    }
+                } else {
+                    for (d, s) in xrow[ix0..].iter_mut().step_by(g.stride).zip(src) {
+                        *d += *s;
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// Forward convolution: `y [n, o, ho, wo]` from `x [n, c, h, w]`, `w [o, c, kh, kw]`, optional bias `[o]`.
 pub fn conv2d_fwd<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeom) -> Vec<T> {
     let hw = g.ho() * g.wo();
     let ckk = g.ckk();
-    let mut y = vec![T::ZERO; g.n * g.o * hw];
+    // With a bias, the output starts as the bias rows (the GEMMs add onto them, beta = 1): no zeroing first.
+    let mut y = match bias {
+        Some(b) => {
+            let mut y = Vec::with_capacity(g.n * g.o * hw);
+            for _ in 0..g.n {
+                for &bv in &b[..g.o] {
+                    y.extend(std::iter::repeat_n(bv, hw));
+                }
+            }
+            y
+        }
+        None => vec![T::ZERO; g.n * g.o * hw],
+    };
     let col_len = if g.is_pointwise() { 0 } else { ckk * hw };
-    with_workspace::<T, _>(col_len, |col| conv2d_fwd_with(x, w, bias, g, &mut y, col));
+    with_workspace::<T, _>(col_len, |col| conv2d_fwd_with(x, w, g, &mut y, col));
     y
 }
 
-/// [`conv2d_fwd`] into `y` with the im2col buffer `col` (`c·kh·kw·ho·wo` long, or empty for pointwise).
-fn conv2d_fwd_with<T: Real>(
-    x: &[T],
-    w: &[T],
-    bias: Option<&[T]>,
-    g: &ConvGeom,
-    y: &mut [T],
-    col: &mut [T],
-) {
+/// [`conv2d_fwd`] into `y` with the im2col buffer `col` (`c·kh·kw·ho·wo` long, or empty for pointwise):
+/// `y` holds the bias rows or zeros, and the products are added onto it.
+fn conv2d_fwd_with<T: Real>(x: &[T], w: &[T], g: &ConvGeom, y: &mut [T], col: &mut [T]) {
     let hw = g.ho() * g.wo();
     let ckk = g.ckk();
+    let beta = onto_zeros();
     for i in 0..g.n {
         let xi = &x[i * g.c * g.h * g.w..(i + 1) * g.c * g.h * g.w];
         let yi = &mut y[i * g.o * hw..(i + 1) * g.o * hw];
-        if let Some(b) = bias {
-            for (oc, row) in yi.chunks_mut(hw).enumerate() {
-                row.iter_mut().for_each(|v| *v = b[oc]);
-            }
-        }
-        let beta = if bias.is_some() { T::ONE } else { T::ZERO };
         if !g.is_pointwise() && ckk * hw > 8 * CONV_BAND {
             // A large unfold (the 64 px level: 4.5 MiB) would go out to memory and come back for the
             // GEMM; unfold and multiply bands of output rows that stay in the L2 cache instead.
@@ -435,10 +490,6 @@ pub fn conv2d_bwd<T: Real>(
     need_db: bool,
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
     let hw = g.ho() * g.wo();
-    let ckk = g.ckk();
-    let chw = g.c * g.h * g.w;
-    let mut dx = need_dx.then(|| vec![T::ZERO; g.n * chw]);
-    let mut dw = need_dw.then(|| vec![T::ZERO; g.o * ckk]);
     let db = need_db.then(|| {
         let mut db = vec![T::ZERO; g.o];
         for i in 0..g.n {
@@ -449,26 +500,29 @@ pub fn conv2d_bwd<T: Real>(
         }
         db
     });
-    let mut col = vec![T::ZERO; if g.is_pointwise() { 0 } else { ckk * hw }];
-    let mut dcol = vec![
-        T::ZERO;
-        if g.is_pointwise() || !need_dx {
-            0
-        } else {
-            ckk * hw
-        }
-    ];
-    for i in 0..g.n {
-        let dyi = &dy[i * g.o * hw..(i + 1) * g.o * hw];
-        if let Some(dw) = dw.as_mut() {
+    let dw = need_dw.then(|| conv2d_bwd_weight(x, dy, g));
+    let dx = need_dx.then(|| conv2d_bwd_input(w, dy, g));
+    (dx, dw, db)
+}
+
+/// `dW [o, c·kh·kw] = Σ_i dY_i [o, hw] · im2col(x_i)ᵀ`.
+fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
+    let hw = g.ho() * g.wo();
+    let ckk = g.ckk();
+    let chw = g.c * g.h * g.w;
+    let mut dw = vec![T::ZERO; g.o * ckk];
+    let col_len = if g.is_pointwise() { 0 } else { ckk * hw };
+    with_workspace::<T, _>(col_len, |col| {
+        for i in 0..g.n {
+            let dyi = &dy[i * g.o * hw..(i + 1) * g.o * hw];
             let xi = &x[i * chw..(i + 1) * chw];
             let src: &[T] = if g.is_pointwise() {
                 xi
             } else {
-                im2col(xi, g, &mut col);
-                &col
+                im2col(xi, g, col);
+                col
             };
-            // dW [o, ckk] += dY_i [o, hw] · col^T [hw, ckk]
+            let beta = onto_zeros();
             T::gemm(
                 false,
                 true,
@@ -480,51 +534,107 @@ pub fn conv2d_bwd<T: Real>(
                 hw,
                 src,
                 hw,
-                T::ONE,
-                dw,
+                beta,
+                &mut dw,
                 ckk,
             );
         }
-        if let Some(dx) = dx.as_mut() {
-            let dxi = &mut dx[i * chw..(i + 1) * chw];
-            if g.is_pointwise() {
-                T::gemm(
-                    true,
-                    false,
-                    ckk,
-                    hw,
-                    g.o,
-                    T::ONE,
-                    w,
-                    ckk,
-                    dyi,
-                    hw,
-                    T::ZERO,
-                    dxi,
-                    hw,
-                );
-            } else {
-                // dcol [ckk, hw] = W^T [ckk, o] · dY_i [o, hw]
-                T::gemm(
-                    true,
-                    false,
-                    ckk,
-                    hw,
-                    g.o,
-                    T::ONE,
-                    w,
-                    ckk,
-                    dyi,
-                    hw,
-                    T::ZERO,
-                    &mut dcol,
-                    hw,
-                );
-                col2im(&dcol, g, dxi);
+    });
+    dw
+}
+
+/// The input gradient of a convolution.
+///
+/// A stride-1 convolution's input gradient is itself a stride-1 convolution: of `dY` with the kernel
+/// flipped in space and its in/out channels swapped, padded by `k − 1 − pad`. So it runs as a forward
+/// convolution (banded unfold of `dY` + one GEMM writing `dx`) instead of a GEMM into a column matrix nine
+/// times the size of `dx` followed by a fold (col2im) that reads it back and scatters it. Strided
+/// convolutions (the down-samplers) take that second way.
+fn conv2d_bwd_input<T: Real>(w: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
+    let hw = g.ho() * g.wo();
+    let chw = g.c * g.h * g.w;
+    let mut dx = vec![T::ZERO; g.n * chw];
+    if g.is_pointwise() {
+        for i in 0..g.n {
+            // dx_i [c, hw] = Wᵀ [c, o] · dY_i [o, hw]
+            T::gemm(
+                true,
+                false,
+                g.c,
+                hw,
+                g.o,
+                T::ONE,
+                w,
+                g.c,
+                &dy[i * g.o * hw..(i + 1) * g.o * hw],
+                hw,
+                onto_zeros(),
+                &mut dx[i * chw..(i + 1) * chw],
+                hw,
+            );
+        }
+        return dx;
+    }
+    if g.stride == 1 && g.kh == g.kw && g.pad < g.kh {
+        let (k, kk) = (g.kh, g.kh * g.kw);
+        // wt [c, o, ky, kx] = w [o, c, k−1−ky, k−1−kx]
+        let mut wt = vec![T::ZERO; w.len()];
+        for oc in 0..g.o {
+            for ci in 0..g.c {
+                let src = &w[(oc * g.c + ci) * kk..(oc * g.c + ci + 1) * kk];
+                let dst = &mut wt[(ci * g.o + oc) * kk..(ci * g.o + oc + 1) * kk];
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = src[kk - 1 - j];
+                }
             }
         }
+        let gt = ConvGeom {
+            n: g.n,
+            c: g.o,
+            h: g.ho(),
+            w: g.wo(),
+            o: g.c,
+            kh: k,
+            kw: k,
+            stride: 1,
+            pad: k - 1 - g.pad,
+        };
+        debug_assert_eq!((gt.ho(), gt.wo()), (g.h, g.w));
+        with_workspace::<T, _>(gt.ckk() * g.h * g.w, |col| {
+            conv2d_fwd_with(dy, &wt, &gt, &mut dx, col)
+        });
+        return dx;
     }
-    (dx, dw, db)
+    conv2d_bwd_input_fold(w, dy, g, &mut dx);
+    dx
+}
+
+/// The input gradient of any convolution as `dcol = Wᵀ·dY` folded back onto the image (col2im), into `dx`.
+fn conv2d_bwd_input_fold<T: Real>(w: &[T], dy: &[T], g: &ConvGeom, dx: &mut [T]) {
+    let hw = g.ho() * g.wo();
+    let ckk = g.ckk();
+    let chw = g.c * g.h * g.w;
+    with_workspace::<T, _>(ckk * hw, |dcol| {
+        for i in 0..g.n {
+            // dcol [ckk, hw] = Wᵀ [ckk, o] · dY_i [o, hw], folded back onto the image.
+            T::gemm(
+                true,
+                false,
+                ckk,
+                hw,
+                g.o,
+                T::ONE,
+                w,
+                ckk,
+                &dy[i * g.o * hw..(i + 1) * g.o * hw],
+                hw,
+                T::ZERO,
+                dcol,
+                hw,
+            );
+            col2im(dcol, g, &mut dx[i * chw..(i + 1) * chw]);
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,23 +643,31 @@ pub fn conv2d_bwd<T: Real>(
 /// Mean and 1/sqrt(var + eps) of each of `rows` contiguous rows of length `len` (biased variance,
 /// two-pass in f64 for accuracy).
 pub fn row_stats<T: Real>(x: &[T], rows: usize, len: usize, eps: f64) -> (Vec<T>, Vec<T>) {
-    let stats: Vec<(T, T)> = (0..rows)
-        .into_par_iter()
-        .map(|r| {
-            let s = &x[r * len..(r + 1) * len];
-            let mean = s.iter().map(|v| v.to_f64()).sum::<f64>() / len as f64;
-            let var = s
-                .iter()
-                .map(|v| {
-                    let d = v.to_f64() - mean;
-                    d * d
-                })
-                .sum::<f64>()
-                / len as f64;
-            (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()))
-        })
-        .collect();
-    stats.into_iter().unzip()
+    let row = |r: usize| {
+        let s = &x[r * len..(r + 1) * len];
+        let mean = lane_sum_f64(s, |v| v) / len as f64;
+        let var = lane_sum_f64(s, |v| (v - mean) * (v - mean)) / len as f64;
+        (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()))
+    };
+    if parallel(rows * len) {
+        (0..rows).into_par_iter().map(row).unzip()
+    } else {
+        (0..rows).map(row).unzip()
+    }
+}
+
+/// `Σ f(x[i])` in f64 over four interleaved accumulators (independent add chains the CPU overlaps).
+#[inline]
+fn lane_sum_f64<T: Real>(x: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let mut chunks = x.chunks_exact(4);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v.to_f64());
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v.to_f64())).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// Group norm forward on `x [n, c, s]` with `groups` groups and per-channel affine.
@@ -565,11 +683,87 @@ pub fn group_norm_fwd<T: Real>(
     beta: Option<&[T]>,
     eps: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    group_norm_fwd_then(x, n, c, s, groups, gamma, beta, eps, |z| z)
+}
+
+/// `x·sigmoid(x)`, as [`crate::ops::Activation::Silu`] computes it.
+#[inline(always)]
+fn silu<T: Real>(x: T) -> T {
+    x * (T::ONE / (T::ONE + (-x).exp()))
+}
+
+/// The derivative of [`silu`], as [`crate::ops::Activation::Silu`]'s backward computes it.
+#[inline(always)]
+fn silu_grad<T: Real>(x: T) -> T {
+    let s = T::ONE / (T::ONE + (-x).exp());
+    s * (T::ONE + x * (T::ONE - s))
+}
+
+/// Group norm followed by SiLU in one pass (the ResNet blocks' `norm → SiLU`): `y = silu(group_norm(x))`,
+/// bit for bit the two ops in a row, without writing the normalised tensor. Returns `(y, mean, rstd)`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_fwd<T: Real>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    eps: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    group_norm_fwd_then(x, n, c, s, groups, gamma, beta, eps, silu)
+}
+
+/// Backward of [`group_norm_silu_fwd`]: the normalised values are recomputed from `x` and the statistics,
+/// the gradient goes through SiLU, then through the group norm. Returns `(dx, dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_bwd<T: Real>(
+    x: &[T],
+    dy: &[T],
+    mean: &[T],
+    rstd: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let cg = c / groups;
+    let mut dz = dy.to_vec();
+    for_each_chunk(&mut dz, s, |(row, dr)| {
+        let ch = row % c;
+        let ng = (row / c) * groups + ch / cg;
+        let (m, r) = (mean[ng], rstd[ng]);
+        let ga = gamma.map_or(T::ONE, |g| g[ch]);
+        let be = beta.map_or(T::ZERO, |b| b[ch]);
+        let xr = &x[row * s..(row + 1) * s];
+        for (d, &v) in dr.iter_mut().zip(xr) {
+            *d *= silu_grad((v - m) * r * ga + be);
+        }
+    });
+    group_norm_bwd(x, &dz, mean, rstd, n, c, s, groups, gamma)
+}
+
+/// Group norm forward with `post` applied to each normalised value.
+#[allow(clippy::too_many_arguments)]
+fn group_norm_fwd_then<T: Real>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    eps: f64,
+    post: impl Fn(T) -> T + Sync + Send,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let cg = c / groups;
     let len = cg * s;
     let (mean, rstd) = row_stats(x, n * groups, len, eps);
     let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(s).enumerate().for_each(|(row, yr)| {
+    for_each_chunk(&mut y, s, |(row, yr)| {
         let ch = row % c;
         let ng = (row / c) * groups + ch / cg;
         let (m, r) = (mean[ng], rstd[ng]);
@@ -577,13 +771,17 @@ pub fn group_norm_fwd<T: Real>(
         let be = beta.map_or(T::ZERO, |b| b[ch]);
         let xr = &x[row * s..(row + 1) * s];
         for (o, &v) in yr.iter_mut().zip(xr) {
-            *o = (v - m) * r * ga + be;
+            *o = post((v - m) * r * ga + be);
         }
     });
     (y, mean, rstd)
 }
 
 /// Group norm backward. Returns `(dx, dgamma, dbeta)`.
+///
+/// Two passes over `x` and `dy`: per (sample, channel) row the sums `Σdy` and `Σdy·x̂` (in f64), from which
+/// come `dbeta`, `dgamma` and the per-group terms of `dx`; then `dx = rstd·(γ·dy − mean(γ·dy) − x̂·mean(γ·dy·x̂))`
+/// row by row, with the row's constants folded so that the inner loop is two multiply-adds.
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_bwd<T: Real>(
     x: &[T],
@@ -598,50 +796,63 @@ pub fn group_norm_bwd<T: Real>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let cg = c / groups;
     let len = (cg * s) as f64;
-    let mut dx = vec![T::ZERO; x.len()];
-    // Per (n, group): sums of dxhat and dxhat·xhat.
-    dx.par_chunks_mut(cg * s).enumerate().for_each(|(ng, dxg)| {
-        let (m, r) = (mean[ng].to_f64(), rstd[ng].to_f64());
-        let c0 = (ng % groups) * cg;
-        let base = ng * cg * s;
-        let mut s1 = 0.0f64;
-        let mut s2 = 0.0f64;
-        // Channel by channel, so that gamma is one value per inner loop (no division per element).
-        for cl in 0..cg {
-            let ga = gamma.map_or(1.0, |g| g[c0 + cl].to_f64());
-            let rng = base + cl * s..base + (cl + 1) * s;
-            for (&xv, &dv) in x[rng.clone()].iter().zip(&dy[rng]) {
-                let dxh = dv.to_f64() * ga;
-                let xh = (xv.to_f64() - m) * r;
-                s1 += dxh;
-                s2 += dxh * xh;
+    let ga = |ch: usize| gamma.map_or(1.0, |g| g[ch].to_f64());
+    // Pass 1: (Σdy, Σdy·x̂) per row (sample i, channel ch).
+    let row_sums = |row: usize| {
+        let ng = (row / c) * groups + (row % c) / cg;
+        let (m, r) = (mean[ng], rstd[ng]);
+        let (xr, dr) = (&x[row * s..(row + 1) * s], &dy[row * s..(row + 1) * s]);
+        // Four interleaved accumulators: independent add chains the CPU can overlap.
+        let (mut a, mut b) = ([0.0f64; 4], [0.0f64; 4]);
+        let (xc, dc) = (xr.chunks_exact(4), dr.chunks_exact(4));
+        let (xt, dt) = (xc.remainder(), dc.remainder());
+        for (xs, ds) in xc.zip(dc) {
+            for l in 0..4 {
+                let d = ds[l].to_f64();
+                a[l] += d;
+                b[l] += d * ((xs[l] - m) * r).to_f64();
             }
         }
-        let (a1, a2) = (s1 / len, s2 / len);
-        for (cl, oc) in dxg.chunks_mut(s).enumerate() {
-            let ga = gamma.map_or(1.0, |g| g[c0 + cl].to_f64());
-            let rng = base + cl * s..base + (cl + 1) * s;
-            for ((o, &xv), &dv) in oc.iter_mut().zip(&x[rng.clone()]).zip(&dy[rng]) {
-                let dxh = dv.to_f64() * ga;
-                let xh = (xv.to_f64() - m) * r;
-                *o = T::from_f64(r * (dxh - a1 - xh * a2));
-            }
+        for (&xv, &dv) in xt.iter().zip(dt) {
+            let d = dv.to_f64();
+            a[0] += d;
+            b[0] += d * ((xv - m) * r).to_f64();
         }
-    });
+        (a.iter().sum::<f64>(), b.iter().sum::<f64>())
+    };
+    let sums: Vec<(f64, f64)> = if parallel(x.len()) {
+        (0..n * c).into_par_iter().map(row_sums).collect()
+    } else {
+        (0..n * c).map(row_sums).collect()
+    };
     let mut dgamma = vec![0.0f64; c];
     let mut dbeta = vec![0.0f64; c];
-    for i in 0..n {
-        for ch in 0..c {
-            let ng = i * groups + ch / cg;
-            let (m, r) = (mean[ng].to_f64(), rstd[ng].to_f64());
-            let off = (i * c + ch) * s;
-            for j in 0..s {
-                let d = dy[off + j].to_f64();
-                dgamma[ch] += d * (x[off + j].to_f64() - m) * r;
-                dbeta[ch] += d;
-            }
-        }
+    // Per (sample, group): mean(γ·dy) and mean(γ·dy·x̂).
+    let mut a1 = vec![0.0f64; n * groups];
+    let mut a2 = vec![0.0f64; n * groups];
+    for (row, &(a, b)) in sums.iter().enumerate() {
+        let ch = row % c;
+        let ng = (row / c) * groups + ch / cg;
+        dbeta[ch] += a;
+        dgamma[ch] += b;
+        a1[ng] += ga(ch) * a / len;
+        a2[ng] += ga(ch) * b / len;
     }
+    // Pass 2: dx = α·dy + β·(x − mean) + γ0 per row.
+    let mut dx = vec![T::ZERO; x.len()];
+    for_each_chunk(&mut dx, s, |(row, o)| {
+        let ch = row % c;
+        let ng = (row / c) * groups + ch / cg;
+        let r = rstd[ng].to_f64();
+        let m = mean[ng];
+        let alpha = T::from_f64(r * ga(ch));
+        let beta = T::from_f64(-r * r * a2[ng]);
+        let g0 = T::from_f64(-r * a1[ng]);
+        let (xr, dr) = (&x[row * s..(row + 1) * s], &dy[row * s..(row + 1) * s]);
+        for ((o, &xv), &dv) in o.iter_mut().zip(xr).zip(dr) {
+            *o = alpha * dv + beta * (xv - m) + g0;
+        }
+    });
     (
         dx,
         dgamma.into_iter().map(T::from_f64).collect(),
@@ -660,7 +871,7 @@ pub fn layer_norm_fwd<T: Real>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (mean, rstd) = row_stats(x, rows, d, eps);
     let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, yr)| {
+    for_each_chunk(&mut y, d, |(r, yr)| {
         let xr = &x[r * d..(r + 1) * d];
         for j in 0..d {
             let ga = gamma.map_or(T::ONE, |g| g[j]);
@@ -682,7 +893,7 @@ pub fn layer_norm_bwd<T: Real>(
     gamma: Option<&[T]>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let mut dx = vec![T::ZERO; x.len()];
-    dx.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, o)| {
+    for_each_chunk(&mut dx, d, |(r, o)| {
         let (m, rs) = (mean[r].to_f64(), rstd[r].to_f64());
         let mut s1 = 0.0;
         let mut s2 = 0.0;
@@ -736,6 +947,27 @@ fn lane_sum<T: Real>(x: &[T]) -> T {
     s
 }
 
+/// Maximum over 8 interleaved lanes (vectorizes; a NaN in `x` may or may not win, and softmax's
+/// output is NaN either way). `x` must not be empty.
+#[inline]
+fn lane_max<T: Real>(x: &[T]) -> T {
+    let mut acc = [x[0]; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    let mut m = chunks
+        .remainder()
+        .iter()
+        .fold(x[0], |m, &v| if v > m { v } else { m });
+    for a in acc {
+        m = if a > m { a } else { m };
+    }
+    m
+}
+
 /// Softmax over rows of length `d`, in place. With `causal = Some(offset)`, entry j of row i is masked
 /// when `j > (i % rows_per_matrix) + offset` (rows_per_matrix given in the tuple).
 pub fn softmax_rows_inplace<T: Real>(x: &mut [T], d: usize, causal: Option<(usize, usize)>) {
@@ -744,10 +976,7 @@ pub fn softmax_rows_inplace<T: Real>(x: &mut [T], d: usize, causal: Option<(usiz
             Some((rows_per, off)) => ((r % rows_per) + off + 1).min(d),
             None => d,
         };
-        let mut mx = row[0];
-        for &v in &row[..limit] {
-            mx = mx.max(v);
-        }
+        let mx = lane_max(&row[..limit]);
         // The exponentials in a loop of their own (it vectorizes), then the sum over 8 lanes.
         for v in row[..limit].iter_mut() {
             *v = (*v - mx).exp();
@@ -761,30 +990,26 @@ pub fn softmax_rows_inplace<T: Real>(x: &mut [T], d: usize, causal: Option<(usiz
             *v = T::ZERO;
         }
     };
-    if x.len() >= PAR_MIN {
-        x.par_chunks_mut(d).enumerate().for_each(body);
-    } else {
-        x.chunks_mut(d).enumerate().for_each(body);
-    }
+    for_each_chunk(x, d, body);
 }
 
 /// Softmax backward over rows: `dx = y ⊙ (dy − Σ dy⊙y)`.
 pub fn softmax_rows_bwd<T: Real>(y: &[T], dy: &[T], d: usize) -> Vec<T> {
-    let mut dx = vec![T::ZERO; y.len()];
-    let body = |(r, o): (usize, &mut [T])| {
+    let mut dx = dy.to_vec();
+    softmax_rows_bwd_inplace(y, &mut dx, d);
+    dx
+}
+
+/// [`softmax_rows_bwd`] overwriting the incoming gradient `g` with the result.
+pub fn softmax_rows_bwd_inplace<T: Real>(y: &[T], g: &mut [T], d: usize) {
+    let body = |(r, gr): (usize, &mut [T])| {
         let yr = &y[r * d..(r + 1) * d];
-        let gr = &dy[r * d..(r + 1) * d];
-        let dot: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
-        for j in 0..d {
-            o[j] = yr[j] * (gr[j] - dot);
+        let dot: T = yr.iter().zip(gr.iter()).map(|(&a, &b)| a * b).sum();
+        for (o, &yv) in gr.iter_mut().zip(yr) {
+            *o = yv * (*o - dot);
         }
     };
-    if y.len() >= PAR_MIN {
-        dx.par_chunks_mut(d).enumerate().for_each(body);
-    } else {
-        dx.chunks_mut(d).enumerate().for_each(body);
-    }
-    dx
+    for_each_chunk(g, d, body);
 }
 
 /// The geometry of scaled dot-product attention: `bh` independent (batch·head) matrices,
@@ -807,9 +1032,33 @@ pub struct AttnGeom {
     pub causal: bool,
 }
 
-fn attn_probs<T: Real>(q: &[T], k: &[T], g: &AttnGeom, i: usize, p: &mut [T]) {
-    let qi = &q[i * g.lq * g.d..(i + 1) * g.lq * g.d];
-    let ki = &k[i * g.lk * g.d..(i + 1) * g.lk * g.d];
+/// Where matrix `i` of an attention lives when `heads` heads are interleaved in each row (`[B, L, heads, d]`,
+/// i.e. the `[B, L, heads·d]` output of a projection, with `bh = B·heads`): its first element and the
+/// stride between its rows. With `heads = 1` this is the plain `[bh, L, d]` layout.
+#[derive(Clone, Copy)]
+struct HeadLayout {
+    heads: usize,
+}
+
+impl HeadLayout {
+    /// (offset, row stride) of matrix `i` in a tensor of `len` rows of `width` per head.
+    #[inline]
+    fn at(self, i: usize, len: usize, width: usize) -> (usize, usize) {
+        let (b, h) = (i / self.heads, i % self.heads);
+        let ld = self.heads * width;
+        (b * len * ld + h * width, ld)
+    }
+}
+
+/// The slice a strided matrix of `rows` rows of `cols` at stride `ld` starting at `off` spans.
+#[inline]
+fn span(off: usize, rows: usize, cols: usize, ld: usize) -> std::ops::Range<usize> {
+    off..off + if rows == 0 { 0 } else { (rows - 1) * ld + cols }
+}
+
+fn attn_probs<T: Real>(q: &[T], k: &[T], g: &AttnGeom, lay: HeadLayout, i: usize, p: &mut [T]) {
+    let (qo, ldq) = lay.at(i, g.lq, g.d);
+    let (ko, ldk) = lay.at(i, g.lk, g.d);
     T::gemm(
         false,
         true,
@@ -817,10 +1066,10 @@ fn attn_probs<T: Real>(q: &[T], k: &[T], g: &AttnGeom, i: usize, p: &mut [T]) {
         g.lk,
         g.d,
         T::from_f64(g.scale),
-        qi,
-        g.d,
-        ki,
-        g.d,
+        &q[span(qo, g.lq, g.d, ldq)],
+        ldq,
+        &k[span(ko, g.lk, g.d, ldk)],
+        ldk,
         T::ZERO,
         p,
         g.lk,
@@ -832,12 +1081,45 @@ fn attn_probs<T: Real>(q: &[T], k: &[T], g: &AttnGeom, i: usize, p: &mut [T]) {
 /// Attention forward: `o = softmax(scale·q·kᵀ)·v`, one (batch, head) matrix at a time (the probability
 /// matrix is never kept: the backward pass recomputes it, as the flash kernel does).
 pub fn attention_fwd<T: Real>(q: &[T], k: &[T], v: &[T], g: &AttnGeom) -> Vec<T> {
+    attention_fwd_heads(q, k, v, g, 1)
+}
+
+/// [`attention_fwd`] on head-interleaved tensors: `q [B, Lq, heads·d]`, `k [B, Lk, heads·d]`,
+/// `v [B, Lk, heads·dv]` → `o [B, Lq, heads·dv]`, with `g.bh = B·heads`. Each head's matrices are read and
+/// written in place through the GEMMs' leading dimensions, so multi-head attention needs no permuted copies.
+pub fn attention_fwd_heads<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    g: &AttnGeom,
+    heads: usize,
+) -> Vec<T> {
+    attention_fwd_heads_keep(q, k, v, g, heads, None)
+}
+
+/// [`attention_fwd_heads`] that also writes every head's probability matrix into `probs`
+/// (`[bh, lq, lk]`) when given, so that the backward pass can take them instead of recomputing them.
+pub fn attention_fwd_heads_keep<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    g: &AttnGeom,
+    heads: usize,
+    mut probs: Option<&mut [T]>,
+) -> Vec<T> {
+    let lay = HeadLayout { heads };
+    let pl = g.lq * g.lk;
     let mut o = vec![T::ZERO; g.bh * g.lq * g.dv];
-    let mut p = vec![T::ZERO; g.lq * g.lk];
+    let mut scratch = vec![T::ZERO; if probs.is_some() { 0 } else { pl }];
     for i in 0..g.bh {
-        attn_probs(q, k, g, i, &mut p);
-        let vi = &v[i * g.lk * g.dv..(i + 1) * g.lk * g.dv];
-        let oi = &mut o[i * g.lq * g.dv..(i + 1) * g.lq * g.dv];
+        let p: &mut [T] = match probs.as_deref_mut() {
+            Some(all) => &mut all[i * pl..(i + 1) * pl],
+            None => &mut scratch,
+        };
+        attn_probs(q, k, g, lay, i, p);
+        let p: &[T] = p;
+        let (vo, ldv) = lay.at(i, g.lk, g.dv);
+        let (oo, ldo) = lay.at(i, g.lq, g.dv);
         T::gemm(
             false,
             false,
@@ -845,13 +1127,13 @@ pub fn attention_fwd<T: Real>(q: &[T], k: &[T], v: &[T], g: &AttnGeom) -> Vec<T>
             g.dv,
             g.lk,
             T::ONE,
-            &p,
+            p,
             g.lk,
-            vi,
-            g.dv,
-            T::ZERO,
-            oi,
-            g.dv,
+            &v[span(vo, g.lk, g.dv, ldv)],
+            ldv,
+            onto_zeros(),
+            &mut o[span(oo, g.lq, g.dv, ldo)],
+            ldo,
         );
     }
     o
@@ -865,21 +1147,55 @@ pub fn attention_bwd<T: Real>(
     d_o: &[T],
     g: &AttnGeom,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    attention_bwd_heads(q, k, v, d_o, g, 1)
+}
+
+/// [`attention_bwd`] on head-interleaved tensors (see [`attention_fwd_heads`]).
+pub fn attention_bwd_heads<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d_o: &[T],
+    g: &AttnGeom,
+    heads: usize,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    attention_bwd_heads_kept(q, k, v, d_o, g, heads, None)
+}
+
+/// [`attention_bwd_heads`] with the probability matrices the forward pass kept (see
+/// [`attention_fwd_heads_keep`]), or recomputing them when `probs` is None.
+pub fn attention_bwd_heads_kept<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d_o: &[T],
+    g: &AttnGeom,
+    heads: usize,
+    probs: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let lay = HeadLayout { heads };
+    let pl = g.lq * g.lk;
     let mut dq = vec![T::ZERO; q.len()];
     let mut dk = vec![T::ZERO; k.len()];
     let mut dv = vec![T::ZERO; v.len()];
-    let mut p = vec![T::ZERO; g.lq * g.lk];
-    let mut dp = vec![T::ZERO; g.lq * g.lk];
+    let mut scratch = vec![T::ZERO; if probs.is_some() { 0 } else { pl }];
+    let mut dp = vec![T::ZERO; pl];
     let sc = T::from_f64(g.scale);
     for i in 0..g.bh {
-        attn_probs(q, k, g, i, &mut p);
-        let (qo, ko, vo, oo) = (
-            i * g.lq * g.d,
-            i * g.lk * g.d,
-            i * g.lk * g.dv,
-            i * g.lq * g.dv,
-        );
-        let doi = &d_o[oo..oo + g.lq * g.dv];
+        let p: &[T] = match probs {
+            Some(all) => &all[i * pl..(i + 1) * pl],
+            None => {
+                attn_probs(q, k, g, lay, i, &mut scratch);
+                &scratch
+            }
+        };
+        let (qs, ldq) = lay.at(i, g.lq, g.d);
+        let (ks, ldk) = lay.at(i, g.lk, g.d);
+        let (vs, ldv) = lay.at(i, g.lk, g.dv);
+        let (os, ldo) = lay.at(i, g.lq, g.dv);
+        let (qs, ks) = (span(qs, g.lq, g.d, ldq), span(ks, g.lk, g.d, ldk));
+        let (vs, os) = (span(vs, g.lk, g.dv, ldv), span(os, g.lq, g.dv, ldo));
+        let doi = &d_o[os];
         // dV = Pᵀ·dO
         T::gemm(
             true,
@@ -888,13 +1204,13 @@ pub fn attention_bwd<T: Real>(
             g.dv,
             g.lq,
             T::ONE,
-            &p,
+            p,
             g.lk,
             doi,
-            g.dv,
-            T::ZERO,
-            &mut dv[vo..vo + g.lk * g.dv],
-            g.dv,
+            ldo,
+            onto_zeros(),
+            &mut dv[vs.clone()],
+            ldv,
         );
         // dP = dO·Vᵀ
         T::gemm(
@@ -905,15 +1221,15 @@ pub fn attention_bwd<T: Real>(
             g.dv,
             T::ONE,
             doi,
-            g.dv,
-            &v[vo..vo + g.lk * g.dv],
-            g.dv,
+            ldo,
+            &v[vs],
+            ldv,
             T::ZERO,
             &mut dp,
             g.lk,
         );
-        // dS = P ⊙ (dP − rowsum(dP ⊙ P))
-        let ds = softmax_rows_bwd(&p, &dp, g.lk);
+        // dS = P ⊙ (dP − rowsum(dP ⊙ P)), in place in dp.
+        softmax_rows_bwd_inplace(p, &mut dp, g.lk);
         // dQ = scale·dS·K ; dK = scale·dSᵀ·Q
         T::gemm(
             false,
@@ -922,13 +1238,13 @@ pub fn attention_bwd<T: Real>(
             g.d,
             g.lk,
             sc,
-            &ds,
+            &dp,
             g.lk,
-            &k[ko..ko + g.lk * g.d],
-            g.d,
-            T::ZERO,
-            &mut dq[qo..qo + g.lq * g.d],
-            g.d,
+            &k[ks.clone()],
+            ldk,
+            onto_zeros(),
+            &mut dq[qs.clone()],
+            ldq,
         );
         T::gemm(
             true,
@@ -937,13 +1253,13 @@ pub fn attention_bwd<T: Real>(
             g.d,
             g.lq,
             sc,
-            &ds,
+            &dp,
             g.lk,
-            &q[qo..qo + g.lq * g.d],
-            g.d,
-            T::ZERO,
-            &mut dk[ko..ko + g.lk * g.d],
-            g.d,
+            &q[qs],
+            ldq,
+            onto_zeros(),
+            &mut dk[ks],
+            ldk,
         );
     }
     (dq, dk, dv)
@@ -1064,11 +1380,7 @@ pub fn broadcast_binary<T: Real>(
     if last == 0 {
         return c;
     }
-    if n >= PAR_MIN {
-        c.par_chunks_mut(last).enumerate().for_each(body);
-    } else {
-        c.chunks_mut(last).enumerate().for_each(body);
-    }
+    for_each_chunk(&mut c, last, body);
     c
 }
 
@@ -1121,11 +1433,7 @@ pub fn permute<T: Real>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
             *o = x[offs[0] + j * ls];
         }
     };
-    if n >= PAR_MIN {
-        y.par_chunks_mut(last).enumerate().for_each(body);
-    } else {
-        y.chunks_mut(last).enumerate().for_each(body);
-    }
+    for_each_chunk(&mut y, last, body);
     y
 }
 
@@ -1164,36 +1472,32 @@ pub fn split<T: Real>(x: &[T], sizes: &[usize], outer: usize, inner: usize) -> V
 /// Nearest-neighbour 2× upsampling of `[planes, h, w]` to `[planes, 2h, 2w]`.
 pub fn upsample2x<T: Real>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
     let mut y = vec![T::ZERO; planes * 4 * h * w];
-    y.par_chunks_mut((4 * h * w).max(1))
-        .enumerate()
-        .for_each(|(p, yp)| {
-            let xp = &x[p * h * w..(p + 1) * h * w];
-            for i in 0..2 * h {
-                for j in 0..2 * w {
-                    yp[i * 2 * w + j] = xp[(i / 2) * w + j / 2];
-                }
+    for_each_chunk(&mut y, 4 * h * w, |(p, yp)| {
+        let xp = &x[p * h * w..(p + 1) * h * w];
+        for i in 0..2 * h {
+            for j in 0..2 * w {
+                yp[i * 2 * w + j] = xp[(i / 2) * w + j / 2];
             }
-        });
+        }
+    });
     y
 }
 
 /// Backward of [`upsample2x`]: each input pixel receives the sum of its four copies.
 pub fn upsample2x_bwd<T: Real>(dy: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
     let mut dx = vec![T::ZERO; planes * h * w];
-    dx.par_chunks_mut((h * w).max(1))
-        .enumerate()
-        .for_each(|(p, dp)| {
-            let yp = &dy[p * 4 * h * w..(p + 1) * 4 * h * w];
-            for i in 0..h {
-                for j in 0..w {
-                    let a = yp[(2 * i) * 2 * w + 2 * j];
-                    let b = yp[(2 * i) * 2 * w + 2 * j + 1];
-                    let c = yp[(2 * i + 1) * 2 * w + 2 * j];
-                    let d = yp[(2 * i + 1) * 2 * w + 2 * j + 1];
-                    dp[i * w + j] = a + b + c + d;
-                }
+    for_each_chunk(&mut dx, h * w, |(p, dp)| {
+        let yp = &dy[p * 4 * h * w..(p + 1) * 4 * h * w];
+        for i in 0..h {
+            for j in 0..w {
+                let a = yp[(2 * i) * 2 * w + 2 * j];
+                let b = yp[(2 * i) * 2 * w + 2 * j + 1];
+                let c = yp[(2 * i + 1) * 2 * w + 2 * j];
+                let d = yp[(2 * i + 1) * 2 * w + 2 * j + 1];
+                dp[i * w + j] = a + b + c + d;
             }
-        });
+        }
+    });
     dx
 }
 
@@ -1313,6 +1617,95 @@ mod tests {
                             "n{i} o{oc} p{p}: {got} vs {r} ({g:?})"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conv_input_gradient_as_a_convolution_equals_the_fold() {
+        for (k, pad, h, w) in [
+            (3usize, 1usize, 7usize, 5usize),
+            (3, 0, 6, 6),
+            (3, 2, 4, 5),
+            (2, 1, 5, 4),
+            (5, 2, 9, 8),
+        ] {
+            let g = ConvGeom {
+                n: 2,
+                c: 3,
+                h,
+                w,
+                o: 4,
+                kh: k,
+                kw: k,
+                stride: 1,
+                pad,
+            };
+            let wt: Vec<f64> = (0..g.o * g.ckk())
+                .map(|v| ((v as f64) * 0.53).cos())
+                .collect();
+            let dy: Vec<f64> = (0..g.n * g.o * g.ho() * g.wo())
+                .map(|v| ((v as f64) * 0.37).sin())
+                .collect();
+            let got = conv2d_bwd_input(&wt, &dy, &g);
+            let mut want = vec![f64::NAN; g.n * g.c * h * w];
+            conv2d_bwd_input_fold(&wt, &dy, &g, &mut want);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12, "k{k} p{pad}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn attention_on_interleaved_heads_equals_permuted_attention() {
+        // q [b, lq, h·d], k [b, lk, h·d], v [b, lk, h·dv] against [b·h, l, d] copies, causal and not.
+        let (b, h, lq, lk, d, dv) = (2usize, 3usize, 5usize, 4usize, 2usize, 3usize);
+        let data =
+            |n: usize, f: f64| -> Vec<f64> { (0..n).map(|i| (i as f64 * f).sin()).collect() };
+        let (q, k, v) = (
+            data(b * lq * h * d, 0.37),
+            data(b * lk * h * d, 0.91),
+            data(b * lk * h * dv, 0.53),
+        );
+        let d_o = data(b * lq * h * dv, 0.29);
+        let split = |t: &[f64], l: usize, w: usize| permute(t, &[b, l, h, w], &[0, 2, 1, 3]);
+        let merge = |t: &[f64], l: usize, w: usize| permute(t, &[b, h, l, w], &[0, 2, 1, 3]);
+        for causal in [false, true] {
+            let g = AttnGeom {
+                bh: b * h,
+                lq,
+                lk,
+                d,
+                dv,
+                scale: 0.7,
+                causal,
+            };
+            let o = attention_fwd_heads(&q, &k, &v, &g, h);
+            let want = merge(
+                &attention_fwd(&split(&q, lq, d), &split(&k, lk, d), &split(&v, lk, dv), &g),
+                lq,
+                dv,
+            );
+            assert_eq!(o.len(), want.len());
+            for (a, w) in o.iter().zip(&want) {
+                assert!((a - w).abs() < 1e-12, "forward {a} vs {w}");
+            }
+            let (dq, dk, dvv) = attention_bwd_heads(&q, &k, &v, &d_o, &g, h);
+            let (wq, wk, wv) = attention_bwd(
+                &split(&q, lq, d),
+                &split(&k, lk, d),
+                &split(&v, lk, dv),
+                &split(&d_o, lq, dv),
+                &g,
+            );
+            for (got, want) in [
+                (dq, merge(&wq, lq, d)),
+                (dk, merge(&wk, lk, d)),
+                (dvv, merge(&wv, lk, dv)),
+            ] {
+                for (a, w) in got.iter().zip(&want) {
+                    assert!((a - w).abs() < 1e-12, "backward {a} vs {w}");
                 }
             }
         }

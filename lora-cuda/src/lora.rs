@@ -230,6 +230,15 @@ impl LoraAdapter {
         })
     }
 
+    /// True when this adapter, in this context, is exactly `W·x + m·s·U·D·x` on a linear layer: no dropout
+    /// of any kind will be drawn (so it may run fused with its base layer, see [`Graph::lora_linear`]).
+    pub fn fusable(&self, ctx: &LoraContext) -> bool {
+        let no_dropout = self.cfg.dropout.is_none()
+            && self.cfg.rank_dropout.is_none()
+            && self.cfg.module_dropout.is_none();
+        self.kind == LoraKind::Linear && (!ctx.training || no_dropout)
+    }
+
     /// Adds the adapter's output to `base_out` (the frozen layer's output for the same input `x`).
     pub fn apply(
         &self,

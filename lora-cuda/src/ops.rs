@@ -134,7 +134,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
                 m * k,
                 &bd,
                 if b_shared { 0 } else { k * n },
-                T::ZERO,
+                cpu::onto_zeros(),
                 &mut c,
             );
             Ok(out(c, &os, a))
@@ -223,7 +223,7 @@ pub fn matmul_backward(
                         n,
                         bi,
                         if tb { k } else { n },
-                        T::ZERO,
+                        cpu::onto_zeros(),
                         di,
                         k,
                     );
@@ -240,7 +240,7 @@ pub fn matmul_backward(
                         if tb { k } else { n },
                         gi,
                         n,
-                        T::ZERO,
+                        cpu::onto_zeros(),
                         di,
                         m,
                     );
@@ -255,10 +255,11 @@ pub fn matmul_backward(
             for i in 0..batch {
                 let gi = &g[i * m * n..(i + 1) * m * n];
                 let ai = &ad[i * m * k..(i + 1) * m * k];
+                // db starts zeroed: every product adds onto it (for a shared B, the batch sum).
                 let (di, beta) = if b_shared {
-                    (&mut db[..], if i == 0 { T::ZERO } else { T::ONE })
+                    (&mut db[..], cpu::onto_zeros())
                 } else {
-                    (&mut db[i * k * n..(i + 1) * k * n], T::ZERO)
+                    (&mut db[i * k * n..(i + 1) * k * n], cpu::onto_zeros())
                 };
                 if !tb {
                     // dB [k,n] = op(A)ᵀ · dC
@@ -307,53 +308,69 @@ pub fn matmul_backward(
 /// `y = x·wᵀ + b` with `x [..., in]`, `w [out, in]`, `b [out]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     check_linear(x, w, b)?;
-    if let Some(bias) = b {
-        let dt = x.dtype();
-        if (dt == DType::F32 || dt == DType::F64)
-            && w.dtype() == dt
-            && bias.dtype() == dt
-            && same_device("linear", &[x, w, bias])?.is_cpu()
-        {
-            // One GEMM with beta = 1 onto rows pre-filled with the bias: no second pass over `y` and no
-            // broadcast add (a separate bias add cost as much as the GEMM at out = 1024).
-            let (out_f, inn) = (w.shape()[0], w.shape()[1]);
-            let rows: usize = x.shape()[..x.rank() - 1].iter().product();
-            let mut os = x.shape().to_vec();
-            *os.last_mut().expect("rank >= 1 checked") = out_f;
-            return with_real!(dt, T, {
-                let (xd, wd, bd) = (
-                    x.cpu_data::<T>()?,
-                    w.cpu_data::<T>()?,
-                    bias.cpu_data::<T>()?,
-                );
-                let mut c = Vec::with_capacity(rows * out_f);
-                for _ in 0..rows {
-                    c.extend_from_slice(&bd);
-                }
-                cpu::batched_gemm(
-                    false,
-                    true,
-                    1,
-                    rows,
-                    out_f,
-                    inn,
-                    T::ONE,
-                    &xd,
-                    0,
-                    &wd,
-                    0,
-                    T::ONE,
-                    &mut c,
-                );
-                Ok(out(c, &os, x))
-            });
-        }
+    let dt = x.dtype();
+    let mut ts = vec![x, w];
+    ts.extend(b);
+    if (dt == DType::F32 || dt == DType::F64)
+        && ts.iter().all(|t| t.dtype() == dt)
+        && same_device("linear", &ts)?.is_cpu()
+    {
+        // One GEMM over all rows (the leading axes flattened), with beta = 1 onto rows pre-filled with the
+        // bias: no second pass over `y` and no broadcast add (a separate bias add cost as much as the GEMM
+        // at out = 1024). [`lora_linear`] computes its base layer the same way, bit for bit.
+        let (out_f, inn) = (w.shape()[0], w.shape()[1]);
+        let rows: usize = x.shape()[..x.rank() - 1].iter().product();
+        let mut os = x.shape().to_vec();
+        *os.last_mut().expect("rank >= 1 checked") = out_f;
+        return with_real!(dt, T, {
+            let (xd, wd) = (x.cpu_data::<T>()?, w.cpu_data::<T>()?);
+            let bd = b.map(|b| b.cpu_data::<T>()).transpose()?;
+            let c = cpu_linear(&xd, &wd, bd.as_deref(), rows, out_f, inn);
+            Ok(out(c, &os, x))
+        });
     }
     let y = matmul(x, w, false, true)?;
     match b {
         Some(b) => binary(&y, b, BinaryOp::Add),
         None => Ok(y),
     }
+}
+
+/// `x [rows, inn] · wᵀ + b` on the CPU: the bias rows first, then one GEMM adding onto them.
+fn cpu_linear<T: Real>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    rows: usize,
+    out_f: usize,
+    inn: usize,
+) -> Vec<T> {
+    let (mut y, beta) = match b {
+        Some(b) => {
+            let mut y = Vec::with_capacity(rows * out_f);
+            for _ in 0..rows {
+                y.extend_from_slice(b);
+            }
+            (y, T::ONE)
+        }
+        None => (vec![T::ZERO; rows * out_f], cpu::onto_zeros()),
+    };
+    T::gemm(
+        false,
+        true,
+        rows,
+        out_f,
+        inn,
+        T::ONE,
+        x,
+        inn,
+        w,
+        inn,
+        beta,
+        &mut y,
+        out_f,
+    );
+    y
 }
 
 fn check_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<()> {
@@ -389,6 +406,254 @@ pub fn linear_backward(
     let dx = dx.map(|d| d.reshape(x.shape())).transpose()?;
     let db = if need[2] { Some(sum_rows(&g2)?) } else { None };
     Ok((dx, dw, db))
+}
+
+/// A linear layer with a LoRA adapter in one op: `y = x·Wᵀ + b + (s·(x·Dᵀ))·Uᵀ`, with `down` D `[r, in]`,
+/// `up` U `[out, r]` and the scale `s` (multiplier × alpha / rank). Returns `y` and the scaled rank-r
+/// activation `s·x·Dᵀ` that [`lora_linear_backward`] needs.
+///
+/// The same numbers as [`linear`] + LoRA as separate ops (base output, `x·Dᵀ`, scale, `·Uᵀ`, add), but on
+/// the CPU the LoRA product is accumulated into the base output by its GEMM (`beta = 1`): no separate
+/// full-width up-projection and sum, and only `x` and the r-wide activation are kept for the backward pass.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    down: &Tensor,
+    up: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    check_linear(x, w, b)?;
+    let (out_f, inn) = (w.shape()[0], w.shape()[1]);
+    let r = down.shape().first().copied().unwrap_or(0);
+    if down.shape() != [r, inn] || up.shape() != [out_f, r] {
+        return Err(shape_err(
+            "lora_linear",
+            format!(
+                "lora_down {:?} / lora_up {:?} for weight {:?}",
+                down.shape(),
+                up.shape(),
+                w.shape()
+            ),
+        ));
+    }
+    let mut ts = vec![x, w, down, up];
+    ts.extend(b);
+    if !same_device("lora_linear", &ts)?.is_cpu() {
+        let base = linear(x, w, b)?;
+        let lxs = self::scale(&linear(x, down, None)?, scale)?;
+        let y = binary(&base, &linear(&lxs, up, None)?, BinaryOp::Add)?;
+        return Ok((y, lxs));
+    }
+    let rows = x.numel() / inn.max(1);
+    let mut os = x.shape().to_vec();
+    *os.last_mut().expect("rank >= 1 checked") = out_f;
+    let mut ls = x.shape().to_vec();
+    *ls.last_mut().expect("rank >= 1 checked") = r;
+    with_real!(cdt(&ts), T, {
+        let (xd, wd, dd, ud) = (
+            x.cpu_data::<T>()?,
+            w.cpu_data::<T>()?,
+            down.cpu_data::<T>()?,
+            up.cpu_data::<T>()?,
+        );
+        // lx = x·Dᵀ, then s·lx (as the separate ops would round it).
+        let mut lx = vec![T::ZERO; rows * r];
+        T::gemm(
+            false,
+            true,
+            rows,
+            r,
+            inn,
+            T::ONE,
+            &xd,
+            inn,
+            &dd,
+            inn,
+            cpu::onto_zeros(),
+            &mut lx,
+            r,
+        );
+        let sv = T::from_f64(scale);
+        lx.iter_mut().for_each(|v| *v *= sv);
+        // y = x·Wᵀ + b exactly as [`linear`] computes it, then += lxs·Uᵀ.
+        let bd = b.map(|b| b.cpu_data::<T>()).transpose()?;
+        let mut y = cpu_linear(&xd, &wd, bd.as_deref(), rows, out_f, inn);
+        T::gemm(
+            false,
+            true,
+            rows,
+            out_f,
+            r,
+            T::ONE,
+            &lx,
+            r,
+            &ud,
+            r,
+            T::ONE,
+            &mut y,
+            out_f,
+        );
+        Ok((out(y, &os, x), out(lx, &ls, x)))
+    })
+}
+
+/// Gradients of [`lora_linear`] from its input `x`, the scaled rank activation `lxs` it returned and the
+/// output gradient: `(dx, dw, db, ddown, dup)`, each only when asked for (`need` in that order).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub fn lora_linear_backward(
+    x: &Tensor,
+    w: &Tensor,
+    down: &Tensor,
+    up: &Tensor,
+    lxs: &Tensor,
+    scale: f64,
+    dy: &Tensor,
+    need: [bool; 5],
+) -> Result<(
+    Option<Tensor>,
+    Option<Tensor>,
+    Option<Tensor>,
+    Option<Tensor>,
+    Option<Tensor>,
+)> {
+    let [need_x, need_w, need_b, need_d, need_u] = need;
+    let (out_f, inn) = (w.shape()[0], w.shape()[1]);
+    let r = down.shape()[0];
+    let rows = x.numel() / inn.max(1);
+    if dy.numel() != rows * out_f || lxs.numel() != rows * r {
+        return Err(shape_err(
+            "lora_linear_backward",
+            format!("gradient {:?} for input {:?}", dy.shape(), x.shape()),
+        ));
+    }
+    // The frozen base layer's own gradients (rarely asked for) as a plain linear layer's.
+    let (_, dw, db) = if need_w || need_b {
+        linear_backward(x, w, dy, [false, need_w, need_b])?
+    } else {
+        (None, None, None)
+    };
+    if !same_device("lora_linear_backward", &[x, w, down, up, lxs, dy])?.is_cpu() {
+        let (dlxs, du, _) = linear_backward(lxs, up, dy, [need_x || need_d, need_u, false])?;
+        let (mut dx, mut dd) = (None, None);
+        if let Some(dlxs) = dlxs {
+            let dlx = self::scale(&dlxs, scale)?;
+            let (dx1, d, _) = linear_backward(x, down, &dlx, [need_x, need_d, false])?;
+            dd = d;
+            if let Some(dx1) = dx1 {
+                let (dx0, _, _) = linear_backward(x, w, dy, [true, false, false])?;
+                dx = Some(axpy(&dx0.expect("asked for"), &dx1, 1.0)?);
+            }
+        }
+        return Ok((dx, dw, db, dd, du));
+    }
+    with_real!(cdt(&[x, w, down, up, dy]), T, {
+        let (xd, wd, dd_, ud, ld, g) = (
+            x.cpu_data::<T>()?,
+            w.cpu_data::<T>()?,
+            down.cpu_data::<T>()?,
+            up.cpu_data::<T>()?,
+            lxs.cpu_data::<T>()?,
+            dy.cpu_data::<T>()?,
+        );
+        // dU [out, r] = dyᵀ·lxs
+        let du = need_u.then(|| {
+            let mut du = vec![T::ZERO; out_f * r];
+            T::gemm(
+                true,
+                false,
+                out_f,
+                r,
+                rows,
+                T::ONE,
+                &g,
+                out_f,
+                &ld,
+                r,
+                cpu::onto_zeros(),
+                &mut du,
+                r,
+            );
+            Tensor::from_real(du, up.shape().to_vec(), up.dtype())
+        });
+        let (mut dx, mut ddown) = (None, None);
+        if need_x || need_d {
+            // dlx [rows, r] = s·(dy·U)
+            let mut dlx = vec![T::ZERO; rows * r];
+            let sv = T::from_f64(scale);
+            T::gemm(
+                false,
+                false,
+                rows,
+                r,
+                out_f,
+                sv,
+                &g,
+                out_f,
+                &ud,
+                r,
+                cpu::onto_zeros(),
+                &mut dlx,
+                r,
+            );
+            if need_d {
+                // dD [r, in] = dlxᵀ·x
+                let mut d = vec![T::ZERO; r * inn];
+                T::gemm(
+                    true,
+                    false,
+                    r,
+                    inn,
+                    rows,
+                    T::ONE,
+                    &dlx,
+                    r,
+                    &xd,
+                    inn,
+                    cpu::onto_zeros(),
+                    &mut d,
+                    inn,
+                );
+                ddown = Some(Tensor::from_real(d, down.shape().to_vec(), down.dtype()));
+            }
+            if need_x {
+                // dx = dy·W + dlx·D, the second product accumulated by its GEMM.
+                let mut d = vec![T::ZERO; rows * inn];
+                T::gemm(
+                    false,
+                    false,
+                    rows,
+                    inn,
+                    out_f,
+                    T::ONE,
+                    &g,
+                    out_f,
+                    &wd,
+                    inn,
+                    cpu::onto_zeros(),
+                    &mut d,
+                    inn,
+                );
+                T::gemm(
+                    false,
+                    false,
+                    rows,
+                    inn,
+                    r,
+                    T::ONE,
+                    &dlx,
+                    r,
+                    &dd_,
+                    inn,
+                    T::ONE,
+                    &mut d,
+                    inn,
+                );
+                dx = Some(out(d, x.shape(), x));
+            }
+        }
+        Ok((dx, dw, db, ddown, du))
+    })
 }
 
 /// Sums a `[rows, n]` tensor over its rows.
@@ -629,6 +894,102 @@ pub fn group_norm_backward(
     })
 }
 
+fn cpu_only(op: &str) -> Error {
+    Error::Device {
+        op: op.into(),
+        msg: "a fused CPU op: on CUDA run its parts (group_norm, then activation)".into(),
+    }
+}
+
+/// Group norm followed by SiLU, one pass on the CPU (see [`cpu::group_norm_silu_fwd`]); CPU tensors only
+/// (on CUDA, run [`group_norm`] and [`activation`]).
+pub fn group_norm_silu(
+    x: &Tensor,
+    groups: usize,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, NormStats)> {
+    let xs = x.shape();
+    if xs.len() < 2 || groups == 0 || xs[1] % groups != 0 {
+        return Err(shape_err(
+            "group_norm_silu",
+            format!("input {xs:?} with {groups} groups"),
+        ));
+    }
+    let (n, c) = (xs[0], xs[1]);
+    let s: usize = xs[2..].iter().product();
+    check_affine("group_norm_silu", gamma, c)?;
+    check_affine("group_norm_silu", beta, c)?;
+    let mut ts = vec![x];
+    ts.extend(gamma);
+    ts.extend(beta);
+    if on_cuda("group_norm_silu", &ts)? {
+        return Err(cpu_only("group_norm_silu"));
+    }
+    with_real!(cdt(&ts), T, {
+        let xd = x.cpu_data::<T>()?;
+        let gd = gamma.map(|t| t.cpu_data::<T>()).transpose()?;
+        let bd = beta.map(|t| t.cpu_data::<T>()).transpose()?;
+        let (y, m, r) =
+            cpu::group_norm_silu_fwd(&xd, n, c, s, groups, gd.as_deref(), bd.as_deref(), eps);
+        Ok((
+            out(y, xs, x),
+            NormStats {
+                mean: Tensor::from_real(m, vec![n * groups], T::DTYPE),
+                rstd: Tensor::from_real(r, vec![n * groups], T::DTYPE),
+            },
+        ))
+    })
+}
+
+/// Gradients of [`group_norm_silu`]: `(dx, dgamma, dbeta)`.
+pub fn group_norm_silu_backward(
+    x: &Tensor,
+    groups: usize,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    stats: &NormStats,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let xs = x.shape();
+    if dy.shape() != xs || xs.len() < 2 || groups == 0 || xs[1] % groups != 0 {
+        return Err(shape_err(
+            "group_norm_silu_backward",
+            format!("input {xs:?}, gradient {:?}", dy.shape()),
+        ));
+    }
+    let (n, c) = (xs[0], xs[1]);
+    let s: usize = xs[2..].iter().product();
+    if on_cuda("group_norm_silu_backward", &[x, dy])? {
+        return Err(cpu_only("group_norm_silu_backward"));
+    }
+    with_real!(cdt(&[x, dy, &stats.mean]), T, {
+        let (xd, g) = (x.cpu_data::<T>()?, dy.cpu_data::<T>()?);
+        let (m, r) = (stats.mean.cpu_data::<T>()?, stats.rstd.cpu_data::<T>()?);
+        let gd = gamma.map(|t| t.cpu_data::<T>()).transpose()?;
+        let bd = beta.map(|t| t.cpu_data::<T>()).transpose()?;
+        let (dx, dg, db) = cpu::group_norm_silu_bwd(
+            &xd,
+            &g,
+            &m,
+            &r,
+            n,
+            c,
+            s,
+            groups,
+            gd.as_deref(),
+            bd.as_deref(),
+        );
+        let pd = gamma.map_or(DType::F32.max_with(x.dtype()), |t| t.dtype());
+        Ok((
+            out(dx, xs, x),
+            Tensor::from_real(dg, vec![c], pd),
+            Tensor::from_real(db, vec![c], pd),
+        ))
+    })
+}
+
 /// Layer norm over the last axis of `x [..., D]`, optional affine `[D]`.
 pub fn layer_norm(
     x: &Tensor,
@@ -826,11 +1187,15 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
     }
     with_real!(cdt(&[x]), T, {
         let xd = x.cpu_data::<T>()?;
-        let mut y = vec![T::ZERO; rows * d];
-        for r in 0..rows {
-            for j in 0..d {
-                y[r * d + j] = xd[r * 2 * d + j] * act_f(Activation::Gelu, xd[r * 2 * d + d + j]);
-            }
+        let mut y = Vec::with_capacity(rows * d);
+        // Row by row over slices (no index arithmetic in the inner loop, so it vectorizes).
+        for xr in xd.chunks_exact(2 * d) {
+            let (h, gate) = xr.split_at(d);
+            y.extend(
+                h.iter()
+                    .zip(gate)
+                    .map(|(&h, &gt)| h * act_f(Activation::Gelu, gt)),
+            );
         }
         Ok(out(y, &os, x))
     })
@@ -851,11 +1216,19 @@ pub fn geglu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     with_real!(cdt(&[x, dy]), T, {
         let (xd, g) = (x.cpu_data::<T>()?, dy.cpu_data::<T>()?);
         let mut dx = vec![T::ZERO; x.numel()];
-        for r in 0..rows {
+        for ((dr, xr), gr) in dx
+            .chunks_exact_mut(2 * d)
+            .zip(xd.chunks_exact(2 * d))
+            .zip(g.chunks_exact(d))
+        {
+            let (dh, dgate) = dr.split_at_mut(d);
+            let (h, gate) = xr.split_at(d);
+            // Equal-length slices: the bounds checks go and the loop vectorizes.
+            let (dgate, h, gate, gr) = (&mut dgate[..d], &h[..d], &gate[..d], &gr[..d]);
             for j in 0..d {
-                let (h, gate, gy) = (xd[r * 2 * d + j], xd[r * 2 * d + d + j], g[r * d + j]);
-                dx[r * 2 * d + j] = gy * act_f(Activation::Gelu, gate);
-                dx[r * 2 * d + d + j] = gy * h * act_df(Activation::Gelu, gate);
+                let (gt, gy) = (gate[j], gr[j]);
+                dh[j] = gy * act_f(Activation::Gelu, gt);
+                dgate[j] = gy * h[j] * act_df(Activation::Gelu, gt);
             }
         }
         Ok(out(dx, x.shape(), x))
@@ -984,6 +1357,187 @@ pub fn attention_backward(
             &v.cpu_data::<T>()?,
             &d_o.cpu_data::<T>()?,
             &g,
+        );
+        Ok((
+            out(dq, q.shape(), q),
+            out(dk, k.shape(), k),
+            out(dv, v.shape(), v),
+        ))
+    })
+}
+
+/// The geometry of [`attention_heads`] from `[..., L, heads·d]` tensors.
+fn attn_heads_geom(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<AttnGeom> {
+    let (qs, vs) = (q.shape(), v.shape());
+    let bad = heads == 0
+        || qs.len() < 2
+        || qs[qs.len() - 1] % heads != 0
+        || vs.len() < 2
+        || vs[vs.len() - 1] % heads != 0;
+    if bad {
+        return Err(shape_err(
+            "attention_heads",
+            format!("q {qs:?}, v {vs:?} with {heads} heads"),
+        ));
+    }
+    // The same checks as the one-head form on [..., L, heads·d]; then the head axis is split off the width.
+    let g = attn_geom(q, k, v, scale, causal)?;
+    Ok(AttnGeom {
+        bh: g.bh * heads,
+        d: g.d / heads,
+        dv: g.dv / heads,
+        ..g
+    })
+}
+
+/// Multi-head scaled dot-product attention on projections laid out `[..., L, heads·d]` (a linear layer's
+/// output): head `h` is columns `h·d..(h+1)·d`. The same as splitting the heads off, permuting them in front of
+/// the sequence axis, [`attention`] and permuting back, without the four permuted copies.
+pub fn attention_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
+    let g = attn_heads_geom(q, k, v, heads, scale, causal)?;
+    if on_cuda("attention_heads", &[q, k, v])? {
+        // The CUDA kernel takes [bh, L, d]: split, permute, attend, permute back.
+        let split = |t: &Tensor, w: usize| -> Result<Tensor> {
+            let s = t.shape();
+            let l = s[s.len() - 2];
+            permute(&t.reshape(&[g.bh / heads, l, heads, w])?, &[0, 2, 1, 3])
+        };
+        let o = attention(
+            &split(q, g.d)?,
+            &split(k, g.d)?,
+            &split(v, g.dv)?,
+            scale,
+            causal,
+        )?;
+        let o = permute(&o, &[0, 2, 1, 3])?;
+        let mut os = q.shape().to_vec();
+        *os.last_mut().unwrap_or(&mut 0) = heads * g.dv;
+        return o.reshape(&os);
+    }
+    with_real!(cdt(&[q, k, v]), T, {
+        let o = cpu::attention_fwd_heads(
+            &q.cpu_data::<T>()?,
+            &k.cpu_data::<T>()?,
+            &v.cpu_data::<T>()?,
+            &g,
+            heads,
+        );
+        let mut os = q.shape().to_vec();
+        *os.last_mut().unwrap_or(&mut 0) = heads * g.dv;
+        Ok(out(o, &os, q))
+    })
+}
+
+/// [`attention_heads`] for training on the CPU: also returns the probability matrices `[bh, lq, lk]` (f32,
+/// or f64 for f64 inputs), so that [`attention_heads_backward`] does not recompute them (one GEMM and a
+/// softmax per head saved, for `bh·lq·lk` values kept). On CUDA the probabilities are not kept (None).
+pub fn attention_heads_keep(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let g = attn_heads_geom(q, k, v, heads, scale, causal)?;
+    if on_cuda("attention_heads_keep", &[q, k, v])? {
+        return Ok((attention_heads(q, k, v, heads, scale, causal)?, None));
+    }
+    with_real!(cdt(&[q, k, v]), T, {
+        let mut probs = vec![T::ZERO; g.bh * g.lq * g.lk];
+        let o = cpu::attention_fwd_heads_keep(
+            &q.cpu_data::<T>()?,
+            &k.cpu_data::<T>()?,
+            &v.cpu_data::<T>()?,
+            &g,
+            heads,
+            Some(&mut probs),
+        );
+        let mut os = q.shape().to_vec();
+        *os.last_mut().unwrap_or(&mut 0) = heads * g.dv;
+        Ok((
+            out(o, &os, q),
+            Some(Tensor::from_real(probs, vec![g.bh, g.lq, g.lk], T::DTYPE)),
+        ))
+    })
+}
+
+/// Gradients of [`attention_heads`]: `(dq, dk, dv)`, with the probabilities from [`attention_heads_keep`]
+/// when there are (else recomputed).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_heads_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    probs: Option<&Tensor>,
+    d_o: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let g = attn_heads_geom(q, k, v, heads, scale, causal)?;
+    if let Some(p) = probs {
+        if p.numel() != g.bh * g.lq * g.lk {
+            return Err(shape_err(
+                "attention_heads_backward",
+                format!(
+                    "probabilities {:?} for {} matrices of {}×{}",
+                    p.shape(),
+                    g.bh,
+                    g.lq,
+                    g.lk
+                ),
+            ));
+        }
+    }
+    if d_o.numel() != g.bh * g.lq * g.dv {
+        return Err(shape_err(
+            "attention_heads_backward",
+            format!("gradient {:?}", d_o.shape()),
+        ));
+    }
+    if on_cuda("attention_heads_backward", &[q, k, v, d_o])? {
+        let b = g.bh / heads;
+        let split = |t: &Tensor, l: usize, w: usize| -> Result<Tensor> {
+            permute(&t.reshape(&[b, l, heads, w])?, &[0, 2, 1, 3])
+        };
+        let merge = |t: Tensor, like: &Tensor| -> Result<Tensor> {
+            permute(&t, &[0, 2, 1, 3])?.reshape(like.shape())
+        };
+        let (dq, dk, dv) = attention_backward(
+            &split(q, g.lq, g.d)?,
+            &split(k, g.lk, g.d)?,
+            &split(v, g.lk, g.dv)?,
+            &split(d_o, g.lq, g.dv)?,
+            scale,
+            causal,
+        )?;
+        return Ok((merge(dq, q)?, merge(dk, k)?, merge(dv, v)?));
+    }
+    with_real!(cdt(&[q, k, v, d_o]), T, {
+        let pd = probs.map(|p| p.cpu_data::<T>()).transpose()?;
+        let (dq, dk, dv) = cpu::attention_bwd_heads_kept(
+            &q.cpu_data::<T>()?,
+            &k.cpu_data::<T>()?,
+            &v.cpu_data::<T>()?,
+            &d_o.cpu_data::<T>()?,
+            &g,
+            heads,
+            pd.as_deref(),
         );
         Ok((
             out(dq, q.shape(), q),

@@ -526,3 +526,74 @@ fn mixed_precision_bf16_activations_give_f32_lora_grads() {
         .iter()
         .any(|&v| v != 0.0));
 }
+
+#[test]
+fn fused_op_grads_attention_heads_lora_linear_group_norm_silu() {
+    // Multi-head attention on [B, L, heads·d] projections: self (2 heads), cross and causal (3 heads).
+    check(
+        "attention_heads self",
+        &[&[2, 4, 6], &[2, 4, 6], &[2, 4, 6]],
+        |g, v| g.attention_heads(v[0], v[1], v[2], 2, 0.5, false).unwrap(),
+    );
+    check(
+        "attention_heads cross causal",
+        &[&[1, 3, 6], &[1, 5, 6], &[1, 5, 9]],
+        |g, v| g.attention_heads(v[0], v[1], v[2], 3, 0.7, true).unwrap(),
+    );
+    // Linear layer + LoRA in one op, with and without bias, all five inputs differentiated.
+    check(
+        "lora_linear bias",
+        &[&[2, 3, 5], &[4, 5], &[4], &[2, 5], &[4, 2]],
+        |g, v| {
+            g.lora_linear(v[0], v[1], Some(v[2]), v[3], v[4], -0.75)
+                .unwrap()
+        },
+    );
+    check(
+        "lora_linear no bias",
+        &[&[3, 5], &[4, 5], &[2, 5], &[4, 2]],
+        |g, v| g.lora_linear(v[0], v[1], None, v[2], v[3], 1.5).unwrap(),
+    );
+    // Group norm → SiLU fused.
+    check("group_norm_silu", &[&[2, 4, 3, 2], &[4], &[4]], |g, v| {
+        g.group_norm_silu(v[0], 2, v[1], v[2], 1e-5).unwrap()
+    });
+}
+
+#[test]
+fn fused_ops_equal_their_parts() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (x, w, b) = (
+        rand_t(&[2, 3, 5], &mut rng),
+        rand_t(&[4, 5], &mut rng),
+        rand_t(&[4], &mut rng),
+    );
+    let (d, u) = (rand_t(&[2, 5], &mut rng), rand_t(&[4, 2], &mut rng));
+    let mut g = Graph::inference();
+    let [x, w, b, d, u] = [x, w, b, d, u].map(|t| g.input(t));
+    let fused = g.lora_linear(x, w, Some(b), d, u, 0.3).unwrap();
+    let base = g.linear(x, w, Some(b)).unwrap();
+    let lx = g.linear(x, d, None).unwrap();
+    let lx = g.scale(lx, 0.3).unwrap();
+    let up = g.linear(lx, u, None).unwrap();
+    let parts = g.add(base, up).unwrap();
+    let (a, e) = (
+        g.value(fused).unwrap().to_vec_f64().unwrap(),
+        g.value(parts).unwrap().to_vec_f64().unwrap(),
+    );
+    for (p, q) in a.iter().zip(&e) {
+        assert!((p - q).abs() < 1e-12, "lora_linear {p} vs {q}");
+    }
+    let xg = g.input(rand_t(&[2, 4, 3, 3], &mut rng));
+    let (ga, be) = (
+        g.input(rand_t(&[4], &mut rng)),
+        g.input(rand_t(&[4], &mut rng)),
+    );
+    let fused = g.group_norm_silu(xg, 2, ga, be, 1e-5).unwrap();
+    let n = g.group_norm(xg, 2, ga, be, 1e-5).unwrap();
+    let parts = g.silu(n).unwrap();
+    assert_eq!(
+        g.value(fused).unwrap().to_vec_f64().unwrap(),
+        g.value(parts).unwrap().to_vec_f64().unwrap()
+    );
+}

@@ -51,6 +51,7 @@ pub fn sample_jobs(
     jobs: &[Job],
     settings: &SampleSettings,
 ) -> Result<Vec<RgbImage8>> {
+    lora_cuda::cpu::retain_freed_memory();
     let mut out = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(settings.batch.max(1)) {
         out.extend(sample_chunk(m, nets, chunk, settings)?);

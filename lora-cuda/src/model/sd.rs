@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use rand::Rng as _;
 
 use super::config::{ClipConfig, LayerKind, UNetConfig};
-use super::lora_net::{apply_loras, conv_cfg_for, LoraNetwork};
+use super::lora_net::{apply_loras, conv_cfg_for, linear_with_loras, LoraNetwork};
 use super::names::lora_name;
 use crate::autograd::{Graph, ParamId, ParamStore, Var};
 use crate::dtype::DType;
@@ -229,8 +229,7 @@ impl SdModel {
                 h = f.conv(&format!("up_blocks.{i}.upsamplers.0.conv"), h, 3)?;
             }
         }
-        h = f.group_norm("conv_norm_out", h, cfg.norm_num_groups, cfg.norm_eps as f64)?;
-        h = f.g.silu(h)?;
+        h = f.group_norm_silu("conv_norm_out", h, cfg.norm_num_groups, cfg.norm_eps as f64)?;
         f.conv("conv_out", h, 3)
     }
 
@@ -347,8 +346,11 @@ impl Fwd<'_, '_> {
         } else {
             None
         };
-        let y = self.g.linear(x, w, b)?;
-        self.lora(path, x, y)
+        if self.nets.is_empty() {
+            return self.g.linear(x, w, b);
+        }
+        let name = lora_name(self.lora_prefix, path);
+        linear_with_loras(self.nets, &name, self.g, x, w, b, self.ctx)
     }
 
     fn conv(&mut self, path: &str, x: Var, k: usize) -> Result<Var> {
@@ -365,6 +367,12 @@ impl Fwd<'_, '_> {
         self.g.group_norm(x, groups, w, b, eps)
     }
 
+    fn group_norm_silu(&mut self, path: &str, x: Var, groups: usize, eps: f64) -> Result<Var> {
+        let w = self.p(&format!("{path}.weight"))?;
+        let b = self.p(&format!("{path}.bias"))?;
+        self.g.group_norm_silu(x, groups, w, b, eps)
+    }
+
     fn layer_norm(&mut self, path: &str, x: Var, eps: f64) -> Result<Var> {
         let w = self.p(&format!("{path}.weight"))?;
         let b = self.p(&format!("{path}.bias"))?;
@@ -374,15 +382,13 @@ impl Fwd<'_, '_> {
     /// `ResnetBlock2D`: norm1 → SiLU → conv1 → + time_emb_proj(SiLU(temb)) → norm2 → SiLU → conv2, + shortcut.
     fn resnet(&mut self, cfg: &UNetConfig, p: &str, x: Var, temb_act: Var) -> Result<Var> {
         let eps = cfg.norm_eps as f64;
-        let h = self.group_norm(&format!("{p}.norm1"), x, cfg.norm_num_groups, eps)?;
-        let h = self.g.silu(h)?;
+        let h = self.group_norm_silu(&format!("{p}.norm1"), x, cfg.norm_num_groups, eps)?;
         let h = self.conv(&format!("{p}.conv1"), h, 3)?;
         let t = self.linear(&format!("{p}.time_emb_proj"), temb_act, true)?;
         let ts = self.g.shape(t)?;
         let t = self.g.reshape(t, &[ts[0], ts[1], 1, 1])?;
         let h = self.g.add(h, t)?;
-        let h = self.group_norm(&format!("{p}.norm2"), h, cfg.norm_num_groups, eps)?;
-        let h = self.g.silu(h)?;
+        let h = self.group_norm_silu(&format!("{p}.norm2"), h, cfg.norm_num_groups, eps)?;
         let h = self.conv(&format!("{p}.conv2"), h, 3)?;
         let short = if self
             .store
@@ -410,17 +416,11 @@ impl Fwd<'_, '_> {
         hd: usize,
         causal: bool,
     ) -> Result<Var> {
-        let q = self.g.reshape(q, &[n, lq, heads, hd])?;
-        let q = self.g.permute(q, &[0, 2, 1, 3])?;
-        let k = self.g.reshape(k, &[n, lk, heads, hd])?;
-        let k = self.g.permute(k, &[0, 2, 1, 3])?;
-        let v = self.g.reshape(v, &[n, lk, heads, hd])?;
-        let v = self.g.permute(v, &[0, 2, 1, 3])?;
-        let o = self
-            .g
-            .attention(q, k, v, 1.0 / (hd as f64).sqrt(), causal)?;
-        let o = self.g.permute(o, &[0, 2, 1, 3])?;
-        self.g.reshape(o, &[n, lq, heads * hd])
+        // Heads stay interleaved in the projections' rows ([N, L, H·d]); no permuted copies.
+        debug_assert_eq!(self.g.shape(q)?, [n, lq, heads * hd]);
+        debug_assert_eq!(self.g.shape(k)?, [n, lk, heads * hd]);
+        self.g
+            .attention_heads(q, k, v, heads, 1.0 / (hd as f64).sqrt(), causal)
     }
 
     fn attn(&mut self, p: &str, x: Var, context: Option<Var>, heads: usize) -> Result<Var> {

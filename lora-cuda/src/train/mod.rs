@@ -269,6 +269,7 @@ impl Trainer {
             1.0,
         )?;
         let opt = AdamW::new(cfg.adamw)?;
+        crate::cpu::retain_freed_memory();
         let rng = Rng::derived(cfg.seed, 0x7EA1);
         let lctx = LoraContext::training(cfg.seed);
         Ok(Trainer {
@@ -432,7 +433,7 @@ impl Trainer {
                     msg: format!("loss is {lv}"),
                 });
             }
-            (g.backward(loss)?, lv)
+            (g.into_grads(loss)?, lv)
         };
         let (mut grads, lv) = grads;
         if self.cfg.max_grad_norm > 0.0 {
