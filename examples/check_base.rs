@@ -72,13 +72,14 @@ fn run(a: Args) -> Result<(), String> {
             println!("{:<60} seed {}: read {read}", r.scene.caption(), r.seed);
         }
     }
-    let (c, s) = hit_rates(&res);
+    let (c, s, b) = hit_rates(&res);
     println!(
-        "{}: {} images, colour {:.0} % (chance 17 %), shape {:.0} % (chance 20 %), {:.0} s",
+        "{}: {} images, colour {:.0} % (chance 17 %), shape {:.0} % (chance 20 %), background {:.0} % (chance 33 %), {:.0} s",
         a.ckpt.display(),
         res.len(),
         100.0 * c,
         100.0 * s,
+        100.0 * b,
         t0.elapsed().as_secs_f64()
     );
     if let Some(rp) = &a.reference {
