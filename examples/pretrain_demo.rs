@@ -200,6 +200,18 @@ fn train(
     Ok((t.model, done))
 }
 
+/// A demo checkpoint's info: tokenizer, schedule, prediction and the recipe line.
+fn model_info(noise: &(NoiseSchedule, Prediction), recipe: String) -> ModelInfo {
+    let mut info = ModelInfo {
+        tokenizer: Some(WordTokenizer::demo()),
+        schedule: noise.0.clone(),
+        prediction: noise.1,
+        ..ModelInfo::default()
+    };
+    info.extra.insert("copier_lora.recipe".into(), recipe);
+    info
+}
+
 fn run(a: Args) -> Result<(), String> {
     let (unet, te, side) = match a.config.as_str() {
         "demo" => (UNetConfig::demo(), ClipConfig::demo(), 64),
@@ -241,14 +253,8 @@ fn run(a: Args) -> Result<(), String> {
         )?;
         done_low = done;
         // Kept so that a stopped full-size phase does not lose this one.
-        let mut info = ModelInfo {
-            tokenizer: Some(WordTokenizer::demo()),
-            schedule: noise.0.clone(),
-            prediction: noise.1,
-            ..ModelInfo::default()
-        };
-        info.extra.insert(
-            "copier_lora.recipe".into(),
+        let info = model_info(
+            &noise,
             format!("{recipe}  # steps done: {done} at half side"),
         );
         let p = a.out_dir.join("demo_base_a_half_side.safetensors");
@@ -270,19 +276,13 @@ fn run(a: Args) -> Result<(), String> {
         &noise,
         "base A",
     )?;
-    let mut info = ModelInfo {
-        tokenizer: Some(WordTokenizer::demo()),
-        schedule: noise.0.clone(),
-        prediction: noise.1,
-        ..ModelInfo::default()
-    };
+    let mut info = model_info(
+        &noise,
+        format!("{recipe}  # steps done: {done_low} at half side, {done_a} full"),
+    );
     info.extra.insert(
         "copier_lora.title".into(),
         "demo base A (style A, trained from scratch)".into(),
-    );
-    info.extra.insert(
-        "copier_lora.recipe".into(),
-        format!("{recipe}  # steps done: {done_low} at half side, {done_a} full"),
     );
     let pa = a.out_dir.join("demo_base_a.safetensors");
     save_checkpoint(&model_a, &info, &pa, SavePrecision::Fp16).map_err(|e| e.to_string())?;
