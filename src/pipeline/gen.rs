@@ -1,12 +1,11 @@
-//! Batched text-to-image sampling (the same noise and arithmetic as `lora_cuda::model::pipeline::sample`,
+//! Batched text-to-image sampling for the pipelines (through `lora_cuda::model::pipeline::sample_many`,
 //! several prompts and seeds per U-Net call), and conversions between the model's and `image`'s pictures.
 
 use image::{DynamicImage, RgbImage};
 use lora_cuda::demo::RgbImage8;
-use lora_cuda::model::pipeline::encode_prompts;
+use lora_cuda::model::pipeline::{sample_many, SampleParams};
 use lora_cuda::model::LoraNetwork;
-use lora_cuda::sched::{cfg_combine, Rng, SamplerKind};
-use lora_cuda::{Graph, LoraContext, Tensor};
+use lora_cuda::sched::SamplerKind;
 
 use super::model_io::LoadedModel;
 use crate::error::{Error, Result};
@@ -73,53 +72,27 @@ fn sample_chunk(
         });
     }
     let side = model.unet.sample_size;
-    let (c, h, w) = (3usize, side, side);
-    let len = c * h * w;
-    let n = jobs.len();
-    let guided = st.scale != 1.0;
-    let mut prompts: Vec<&str> = Vec::new();
-    if guided {
-        prompts.extend(std::iter::repeat_n("", n));
-    }
-    prompts.extend(jobs.iter().map(|j| j.prompt.as_str()));
-    let context = encode_prompts(model, &m.tokenizer, nets, &prompts)?;
-    let sampler = st.sampler.build(&m.schedule, st.steps.max(1), m.prediction);
-    let sigma0 = sampler.init_noise_sigma();
-    let mut rngs: Vec<Rng> = jobs.iter().map(|j| Rng::new(j.seed)).collect();
-    let mut xs: Vec<Vec<f32>> = rngs
-        .iter_mut()
-        .map(|r| r.normal_vec(len).into_iter().map(|v| v * sigma0).collect())
+    let params: Vec<SampleParams> = jobs
+        .iter()
+        .map(|j| SampleParams {
+            prompt: j.prompt.clone(),
+            negative_prompt: String::new(),
+            seed: j.seed,
+            steps: st.steps.max(1),
+            scale: st.scale,
+            sampler: st.sampler,
+            width: side,
+            height: side,
+        })
         .collect();
-    let timesteps = sampler.timesteps().to_vec();
-    let nb = prompts.len();
-    for (i, &t) in timesteps.iter().enumerate() {
-        let s = sampler.input_scale(i);
-        let mut batch = Vec::with_capacity(len * nb);
-        for _ in 0..(nb / n) {
-            for x in &xs {
-                batch.extend(x.iter().map(|v| v * s));
-            }
-        }
-        let mut g = Graph::inference();
-        let mut ctx = LoraContext::eval(1.0);
-        let xv = g.input(Tensor::from_vec(batch, &[nb, c, h, w])?);
-        let cv = g.input(context.clone());
-        let y = model.unet_forward(&mut g, nets, &mut ctx, xv, &vec![t as f32; nb], cv)?;
-        let outv = g.value(y)?.to_vec_f32()?;
-        for (k, x) in xs.iter_mut().enumerate() {
-            let pred = if guided {
-                cfg_combine(
-                    &outv[k * len..(k + 1) * len],
-                    &outv[(n + k) * len..(n + k + 1) * len],
-                    st.scale,
-                )
-            } else {
-                outv[k * len..(k + 1) * len].to_vec()
-            };
-            sampler.step(i, x, &pred, &mut rngs[k]);
-        }
-    }
-    Ok(xs.iter().map(|x| RgbImage8::from_chw(x, w, h)).collect())
+    Ok(sample_many(
+        model,
+        &m.tokenizer,
+        &m.schedule,
+        m.prediction,
+        nets,
+        &params,
+    )?)
 }
 
 /// The model's picture as an `image` crate image.
