@@ -587,6 +587,7 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
         units_eval,
         |out, bar| {
             ran = true;
+            let t_eval = Instant::now();
             let mut cols = vec![vec![original.clone()]];
             for e in &effects {
                 cols.push(vec![load_png(out, &proc_rel(e))?]);
@@ -609,6 +610,7 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
                 &strengths,
                 &o.eval.sample,
                 o.eval.grid_rows,
+                o.jobs,
                 out,
                 "7",
                 bar,
@@ -628,6 +630,7 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
                     .and_then(|n| n.parse::<u32>().ok())
                     .unwrap_or(99)
             });
+            steps.push(("7 evaluate".into(), t_eval.elapsed().as_secs_f64()));
             let mut notes = Vec::new();
             if matches!(a_src, BaseSource::Random { .. }) {
                 notes.push("no demo base checkpoint was found: base A and B are seeded random-init stand-ins (`--init_random`).".to_string());

@@ -2,6 +2,8 @@
 //! effect metrics on every image, grids, small plots, and the statistics the report's verdicts rest on.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use image::{DynamicImage, Rgb, RgbImage};
 use indicatif::ProgressBar;
@@ -85,8 +87,74 @@ pub fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x - y).collect()
 }
 
-/// Samples every base × LoRA × strength over `jobs`, measures the images, writes one grid per (base, LoRA)
-/// under `report/` (rows: the first `grid_rows` jobs; columns: the strengths), records the files.
+/// One sampling task: a model and the LoRAs applied to it (at their multipliers).
+pub struct SampleTask<'a> {
+    /// The model.
+    pub model: &'a LoadedModel,
+    /// The LoRAs, at their multipliers.
+    pub nets: Vec<LoraNetwork>,
+}
+
+/// Samples every task over `jobs`; results in task order. `workers` tasks run side by side, each on one BLAS
+/// thread: a 64×64 model's U-Net calls are too small to keep two cores busy, so independent tasks are what
+/// fills them (the evaluation's time halves on two cores).
+pub fn sample_tasks(
+    tasks: &[SampleTask<'_>],
+    jobs: &[Job],
+    settings: &SampleSettings,
+    workers: usize,
+    bar: &ProgressBar,
+) -> Result<Vec<Vec<RgbImage8>>> {
+    let run = |t: &SampleTask<'_>| -> Result<Vec<RgbImage8>> {
+        let nets: Vec<&LoraNetwork> = t.nets.iter().collect();
+        let imgs = sample_jobs(t.model, &nets, jobs, settings)?;
+        bar.inc(jobs.len() as u64);
+        Ok(imgs)
+    };
+    let workers = workers.clamp(1, tasks.len().max(1));
+    if workers == 1 {
+        return tasks.iter().map(run).collect();
+    }
+    let _blas = lora_ops::SingleThreadedBlas::new();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Vec<Mutex<Option<Result<Vec<RgbImage8>>>>> =
+        tasks.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= tasks.len() || failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = run(&tasks[i]);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(tasks.len());
+    for slot in slots {
+        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(r) => out.push(r?),
+            // Only tasks after a failure are left unrun; the failure itself is returned above.
+            None => continue,
+        }
+    }
+    if out.len() != tasks.len() {
+        return Err(crate::error::Error::option(
+            "evaluation",
+            "a sampling task stopped early",
+        ));
+    }
+    Ok(out)
+}
+
+/// Samples every base × LoRA × strength over `jobs` (`workers` sampling tasks side by side), measures the
+/// images, writes one grid per (base, LoRA) under `report/` (rows: the first `grid_rows` jobs; columns: the
+/// strengths), records the files.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     bases: &[(String, &LoadedModel)],
@@ -95,6 +163,7 @@ pub fn evaluate(
     strengths: &[f32],
     settings: &SampleSettings,
     grid_rows: usize,
+    workers: usize,
     out: &mut OutDir,
     step: &str,
     bar: &ProgressBar,
@@ -104,28 +173,44 @@ pub fn evaluate(
         jobs: jobs.to_vec(),
         ..Default::default()
     };
-    let nonzero = strengths.iter().filter(|&&s| s != 0.0).count();
-    bar.set_length((bases.len() * (1 + loras.len() * nonzero) * jobs.len()) as u64);
+    let nonzero: Vec<f32> = strengths.iter().copied().filter(|&s| s != 0.0).collect();
+    bar.set_length((bases.len() * (1 + loras.len() * nonzero.len()) * jobs.len()) as u64);
     bar.set_position(0);
-    for (bname, model) in bases {
-        bar.set_message(format!("base {bname}"));
-        let zero = sample_jobs(model, &[], jobs, settings)?;
-        bar.inc(jobs.len() as u64);
+    bar.set_message("sampling every base, LoRA and strength");
+    // All sampling first, in one task list so that the workers stay busy: per base, the base alone, then
+    // each LoRA at each non-zero strength.
+    let mut tasks: Vec<SampleTask<'_>> = Vec::new();
+    for (_, model) in bases {
+        tasks.push(SampleTask {
+            model,
+            nets: vec![],
+        });
+        for l in loras {
+            for &s in &nonzero {
+                let mut net = l.net.clone();
+                net.multiplier = s as f64;
+                tasks.push(SampleTask {
+                    model,
+                    nets: vec![net],
+                });
+            }
+        }
+    }
+    let mut sampled = sample_tasks(&tasks, jobs, settings, workers, bar)?.into_iter();
+    drop(tasks);
+    bar.set_message("measuring and writing grids");
+    for (bname, _) in bases {
+        let zero = sampled.next().unwrap_or_default();
         let zero_m: Vec<Vec<f64>> = zero.iter().map(|i| measure(&to_dynamic(i))).collect();
         for l in loras {
-            bar.set_message(format!("base {bname}, {}", l.label));
             let mut table: Table = Vec::new();
             let mut columns: Vec<Vec<RgbImage8>> = Vec::new();
             for &s in strengths {
-                if s == 0.0 {
-                    table.push(zero_m.clone());
-                    columns.push(zero.iter().take(grid_rows).cloned().collect());
-                    continue;
-                }
-                let mut net = l.net.clone();
-                net.multiplier = s as f64;
-                let imgs = sample_jobs(model, &[&net], jobs, settings)?;
-                bar.inc(jobs.len() as u64);
+                let imgs = if s == 0.0 {
+                    zero.clone()
+                } else {
+                    sampled.next().unwrap_or_default()
+                };
                 table.push(imgs.iter().map(|i| measure(&to_dynamic(i))).collect());
                 columns.push(imgs.into_iter().take(grid_rows).collect());
             }
@@ -298,6 +383,52 @@ mod tests {
         assert!((se - (5.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12);
         assert!(mean_se(&[1.0]).1.is_nan());
         assert_eq!(paired(&[3.0, 5.0], &[1.0, 1.0]), vec![2.0, 4.0]);
+    }
+
+    /// Side by side, the tasks come back in task order and equal a one-worker run.
+    #[test]
+    fn parallel_sampling_keeps_task_order() {
+        use lora_cuda::model::{ClipConfig, SdModel, UNetConfig};
+        let model = |seed| {
+            LoadedModel::from_model(
+                SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), seed).unwrap(),
+                format!("random{seed}"),
+            )
+        };
+        let (m1, m2) = (model(1), model(2));
+        let tasks: Vec<SampleTask<'_>> = [&m1, &m2, &m1, &m2, &m2]
+            .into_iter()
+            .map(|m| SampleTask {
+                model: m,
+                nets: vec![],
+            })
+            .collect();
+        let jobs = vec![
+            Job {
+                prompt: "red circle".into(),
+                seed: 1,
+            },
+            Job {
+                prompt: "blue square".into(),
+                seed: 2,
+            },
+        ];
+        let st = SampleSettings {
+            steps: 2,
+            batch: 2,
+            ..SampleSettings::default()
+        };
+        let bar = ProgressBar::hidden();
+        let one = sample_tasks(&tasks, &jobs, &st, 1, &bar).unwrap();
+        let two = sample_tasks(&tasks, &jobs, &st, 3, &bar).unwrap();
+        assert_eq!(one.len(), 5);
+        assert_eq!(one, two);
+        assert_eq!(one[0], one[2]);
+        assert_ne!(
+            one[0], one[1],
+            "two random models should draw different images"
+        );
+        assert_eq!(bar.position(), 2 * 5 * 2);
     }
 
     #[test]

@@ -59,10 +59,11 @@ impl Default for TrainOptions {
         TrainOptions {
             network_dim: 16,
             network_alpha: 8.0,
-            conv_dim: None,
-            conv_alpha: 1.0,
+            // 3×3 convs on: see `--conv_dim` in the pipelines' flags.
+            conv_dim: Some(8),
+            conv_alpha: 4.0,
             network_train_unet_only: true,
-            learning_rate: 1e-3,
+            learning_rate: 2e-3,
             unet_lr: None,
             text_encoder_lr: None,
             lr_scheduler: "constant_with_warmup".into(),
