@@ -13,6 +13,17 @@ use copier_lora::pipeline::model_io::{
 use copier_lora::pipeline::{copier, CopierOptions, TrainOptions};
 use copier_lora::Error;
 
+/// The pipelines run one at a time in this binary: side-by-side trainings and sampling switch OpenBLAS to one
+/// thread for the process while they run (its thread count is global), and another test's training would then
+/// sum in another order, so "resumed equals straight" could not be compared bit for bit.
+static ONE_PIPELINE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_PIPELINE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 fn tiny_ckpt(dir: &Path, name: &str, seed: u64) -> PathBuf {
     let p = dir.join(name);
     let m = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), seed).unwrap();
@@ -101,6 +112,7 @@ fn hashes(dir: &Path) -> BTreeMap<String, String> {
 
 #[test]
 fn copier_runs_end_to_end_with_every_optional_step() {
+    let _serial = one_at_a_time();
     let t = tempfile::tempdir().unwrap();
     let mut o = tiny_opts(t.path(), "run");
     o.images = 2;
@@ -195,6 +207,7 @@ fn copier_runs_end_to_end_with_every_optional_step() {
 
 #[test]
 fn a_run_stopped_after_step_2_resumes_to_the_same_files() {
+    let _serial = one_at_a_time();
     let t = tempfile::tempdir().unwrap();
     let mut o = tiny_opts(t.path(), "stopped");
     o.effects = vec!["outline,posterize:bits=2".into()];
@@ -263,6 +276,7 @@ fn expect_err(o: &CopierOptions, needle: &str) -> Error {
 
 #[test]
 fn bad_input_is_refused_before_any_work() {
+    let _serial = one_at_a_time();
     let t = tempfile::tempdir().unwrap();
     let base = tiny_opts(t.path(), "bad");
     // Missing checkpoint.
