@@ -253,3 +253,21 @@ pub fn check_text(m: &LoadedModel, text: &str, flag: &str) -> Result<()> {
         .map(|_| ())
         .map_err(|e| Error::option(flag, e.to_string()))
 }
+
+/// The report's step-time rows: the finished steps recorded in the output folder, in step order, then the
+/// running step's own time so far (`running`: its label and start).
+pub fn step_times(out: &OutDir, running: &str, started: Instant) -> Vec<(String, f64)> {
+    let mut steps: Vec<(String, f64)> = out
+        .step_seconds()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    steps.sort_by_key(|(k, _)| {
+        k.split(' ')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(99)
+    });
+    steps.push((running.to_string(), started.elapsed().as_secs_f64()));
+    steps
+}

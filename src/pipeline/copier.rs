@@ -20,7 +20,7 @@ use lora_cuda::train::TrainItem;
 
 use super::common::{
     base_sources, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
-    BaseSource, Progress,
+    step_times, BaseSource, Progress,
 };
 use super::effects::{measure, parse_effects, EffectSpec};
 use super::eval::{evaluate, grid_image, sample_tasks, save_png, EvalLora, EvalResult, SampleTask};
@@ -991,19 +991,8 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
                 .map_err(|e| Error::option("eval.json", e.to_string()))?;
             write_atomic(&out.path("eval.json")?, ej.as_bytes())?;
             out.record("eval.json", "10")?;
-            let mut steps: Vec<(String, f64)> = out
-                .step_seconds()
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            steps.sort_by_key(|(k, _)| {
-                k.split(' ')
-                    .next()
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .unwrap_or(99)
-            });
-            // This step's own time so far (sampling and measuring; the report itself takes milliseconds).
-            steps.push(("10 evaluate".into(), t_eval.elapsed().as_secs_f64()));
+            // The evaluation's own time (sampling and measuring; the report itself takes milliseconds).
+            let steps = step_times(out, "10 evaluate", t_eval);
             let input = ReportInput {
             title: "Copier LoRA report".into(),
             settings: settings_lines(o, &base_a, base_b.as_ref(), &prompts, &captions, effects),

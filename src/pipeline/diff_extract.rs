@@ -21,7 +21,7 @@ use lora_cuda::sched::Rng;
 
 use super::common::{
     base_sources, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
-    BaseSource, Progress,
+    step_times, BaseSource, Progress,
 };
 use super::copier::{item, load_png, lora_meta, rgb_png, train_many, EvalOptions, RunSummary};
 use super::effects::{measure, parse_effects, EffectSpec};
@@ -619,18 +619,8 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
                 .map_err(|e| Error::option("eval.json", e.to_string()))?;
             write_atomic(&out.path("eval.json")?, ej.as_bytes())?;
             out.record("eval.json", "7")?;
-            let mut steps: Vec<(String, f64)> = out
-                .step_seconds()
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            steps.sort_by_key(|(k, _)| {
-                k.split(' ')
-                    .next()
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .unwrap_or(99)
-            });
-            steps.push(("7 evaluate".into(), t_eval.elapsed().as_secs_f64()));
+            // The evaluation's own time (sampling and measuring; the report itself takes milliseconds).
+            let steps = step_times(out, "7 evaluate", t_eval);
             let mut notes = Vec::new();
             if matches!(a_src, BaseSource::Random { .. }) {
                 notes.push("no demo base checkpoint was found: base A and B are seeded random-init stand-ins (`--init_random`).".to_string());

@@ -135,21 +135,20 @@ pub fn sample_tasks(
             });
         }
     });
-    let mut out = Vec::with_capacity(tasks.len());
-    for slot in slots {
-        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(r) => out.push(r?),
-            // Only tasks after a failure are left unrun; the failure itself is returned above.
-            None => continue,
-        }
-    }
-    if out.len() != tasks.len() {
-        return Err(crate::error::Error::option(
-            "evaluation",
-            "a sampling task stopped early",
-        ));
-    }
-    Ok(out)
+    // Tasks are taken in order, so every failure comes before the first task left unrun.
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| {
+                    Err(crate::error::Error::option(
+                        "evaluation",
+                        "a sampling task stopped early",
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Samples every base × LoRA × strength over `jobs` (`workers` sampling tasks side by side), measures the
@@ -206,11 +205,12 @@ pub fn evaluate(
             let mut table: Table = Vec::new();
             let mut columns: Vec<Vec<RgbImage8>> = Vec::new();
             for &s in strengths {
-                let imgs = if s == 0.0 {
-                    zero.clone()
-                } else {
-                    sampled.next().unwrap_or_default()
-                };
+                if s == 0.0 {
+                    table.push(zero_m.clone());
+                    columns.push(zero.iter().take(grid_rows).cloned().collect());
+                    continue;
+                }
+                let imgs = sampled.next().unwrap_or_default();
                 table.push(imgs.iter().map(|i| measure(&to_dynamic(i))).collect());
                 columns.push(imgs.into_iter().take(grid_rows).collect());
             }
