@@ -5,7 +5,7 @@
 //! | outline | [`line_density`], [`mean_line_thickness`] | lines are darker / thicker |
 //! | flatten | [`gradient_energy`] (falls), [`colour_count`] (falls) | shading is removed |
 //! | contrast | [`rms_contrast`], [`histogram_spread`] | contrast is raised |
-//! | posterize | [`occupied_levels`] (falls) | fewer levels remain |
+//! | posterize | [`level_error`] (falls), [`occupied_levels`] (falls) | values sit on fewer levels |
 //! | JPEG noise | [`blockiness`] | quality falls |
 //! | any two images | [`psnr`], [`ssim`] | the images are alike |
 //!
@@ -186,6 +186,33 @@ pub fn occupied_levels(img: &DynamicImage) -> Vec<usize> {
             seen.iter().filter(|&&b| b).count()
         })
         .collect()
+}
+
+/// Level error: the mean distance (in 8-bit steps) of every colour sample to the nearest level that
+/// [`posterize`](crate::posterize) with `bits` produces (multiples of `2^(8 − bits)`), so 0 for a posterized
+/// image. Unlike [`colour_count`] it barely moves under the small noise of a generated image, which adds
+/// colours to the count but keeps values near their levels. `bits` outside 1–8 is clamped.
+pub fn level_error(img: &DynamicImage, bits: u8) -> f64 {
+    let mut i = img.clone();
+    make_8bit(&mut i);
+    let s = samples(&i).expect("8-bit");
+    let step = 1i32 << (8 - bits.clamp(1, 8) as i32);
+    let top = 256 - step;
+    let (mut sum, mut n) = (0u64, 0u64);
+    for p in s.data.chunks_exact(s.channels) {
+        for &v in &p[..s.colour] {
+            let v = v as i32;
+            let lo = (v / step) * step;
+            let d = (v - lo).min(if lo + step <= top { lo + step - v } else { i32::MAX });
+            sum += d as u64;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        0.0
+    } else {
+        sum as f64 / n as f64
+    }
 }
 
 /// 8×8 blockiness: the mean absolute luma difference across 8×8 block boundaries divided by the mean
@@ -412,5 +439,30 @@ mod tests {
         let img = grey(16, 16, |x, _| (x / 4) as u8 * 10);
         assert_eq!(colour_count(&img), 4);
         assert_eq!(occupied_levels(&img), vec![4]);
+    }
+
+    #[test]
+    fn level_error_is_zero_on_posterized_images_and_robust_to_small_noise() {
+        let ramp = DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 4, |x, y| {
+            image::Rgb([(x * 4) as u8, (255 - x * 4) as u8, (y * 60) as u8])
+        }));
+        let mut post = ramp.clone();
+        crate::posterize_in_place(&mut post, 2).unwrap();
+        assert_eq!(level_error(&post, 2), 0.0);
+        // A ramp's values are spread evenly: about a quarter of the step away on average.
+        let e = level_error(&ramp, 2);
+        assert!(e > 10.0 && e < 22.0, "{e}");
+        // ±2 of noise on a posterized image: the error is at most 2, while the colour count jumps.
+        let noisy = DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 4, |x, y| {
+            let p = post.as_rgb8().unwrap().get_pixel(x, y).0;
+            let n = ((x * 7 + y * 3) % 5) as i32 - 2;
+            image::Rgb(p.map(|v| (v as i32 + n).clamp(0, 255) as u8))
+        }));
+        assert!(level_error(&noisy, 2) <= 2.0);
+        assert!(colour_count(&noisy) > 2 * colour_count(&post));
+        // 255 is 63 from the top level 192 at 2 bits (posterize floors; there is no level 256).
+        let white = grey(4, 4, |_, _| 255);
+        assert_eq!(level_error(&white, 2), 63.0);
+        assert_eq!(level_error(&white, 8), 0.0);
     }
 }

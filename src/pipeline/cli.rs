@@ -193,6 +193,9 @@ pub struct CommonArgs {
         allow_hyphen_values = true
     )]
     pub strengths: Vec<f32>,
+    /// Measure the strengths between (±0.5) on every evaluation prompt and seed too, not only on the grid's rows.
+    #[arg(long)]
+    pub eval_every_strength: bool,
     /// Trainings run side by side.
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
@@ -221,6 +224,7 @@ impl CommonArgs {
             seeds: self.eval_seeds,
             strengths: self.strengths.clone(),
             grid_rows: 4,
+            grid_only_between: !self.eval_every_strength,
             sample: SampleSettings {
                 steps: self.eval_steps,
                 ..g.clone()

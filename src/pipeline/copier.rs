@@ -22,8 +22,10 @@ use super::common::{
     base_sources, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
     step_times, BaseSource, Progress,
 };
-use super::effects::{measure, parse_effects, EffectSpec};
-use super::eval::{evaluate, grid_image, sample_tasks, save_png, EvalLora, EvalResult, SampleTask};
+use super::effects::{parse_effects, EffectSpec, MetricSet};
+use super::eval::{
+    evaluate, grid_image, sample_tasks, save_png, EvalLora, EvalPlan, EvalResult, SampleTask,
+};
 use super::gen::{from_dynamic, sample_jobs, to_dynamic, Job, SampleSettings};
 use super::model_io::{
     extract_difference, load_model, load_network, merge_network, network_to_file, save_lora,
@@ -45,8 +47,29 @@ pub struct EvalOptions {
     pub strengths: Vec<f32>,
     /// Rows shown in each grid.
     pub grid_rows: usize,
+    /// Strengths other than 0 and ±1 are sampled on the grid's rows only: the verdicts compare ±1, the
+    /// strengths between only show the trend (`--eval_every_strength` measures them on every job too).
+    pub grid_only_between: bool,
     /// Sampler settings.
     pub sample: SampleSettings,
+}
+
+impl EvalOptions {
+    /// Images sampled per base and LoRA over the non-zero strengths.
+    pub fn images_per_lora(&self) -> usize {
+        let n = self.prompts * self.seeds;
+        self.strengths
+            .iter()
+            .filter(|&&s| s != 0.0)
+            .map(|&s| {
+                if self.grid_only_between && (s.abs() - 1.0).abs() > 1e-6 {
+                    self.grid_rows.min(n)
+                } else {
+                    n
+                }
+            })
+            .sum()
+    }
 }
 
 impl Default for EvalOptions {
@@ -56,6 +79,7 @@ impl Default for EvalOptions {
             seeds: 2,
             strengths: vec![-1.0, -0.5, 0.0, 0.5, 1.0],
             grid_rows: 4,
+            grid_only_between: true,
             sample: SampleSettings {
                 steps: 12,
                 ..SampleSettings::default()
@@ -434,7 +458,6 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
         check_text(&base_a, c, "--caption")?;
     }
     let n_eval = o.eval.prompts * o.eval.seeds;
-    let nz = o.eval.strengths.iter().filter(|&&s| s != 0.0).count();
     let n_bases = 1 + base_b.is_some() as usize;
     let n_loras = effects.len()
         + 1
@@ -448,7 +471,8 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
     let units_train_c = o.copier_train.max_train_steps * n_img as u64;
     let units_train_p = o.processed_train.max_train_steps * ((effects.len() + 1) * n_img) as u64
         / o.jobs.max(1) as u64;
-    let units_eval = sample_units(n_bases * (1 + n_loras * nz) * n_eval + 2 * n_eval);
+    let units_eval =
+        sample_units(n_bases * (n_eval + n_loras * o.eval.images_per_lora()) + 2 * n_eval);
     let progress = Progress::new(
         o.quiet,
         n_img as u64 + units_train_c + units_train_p + units_eval + 10,
@@ -927,13 +951,14 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
             }
             save_png(out, "report/images.png", &grid_image(&cols), "10")?;
             // What each effect did to the original.
-            let m0 = measure(&to_dynamic(&originals[0]));
+            let metrics = MetricSet::for_effects(&effects);
+            let m0 = metrics.measure(&to_dynamic(&originals[0]));
             let effect_deltas: Vec<f64> = effects
                 .iter()
                 .map(|e| -> Result<f64> {
                     let p = load_png(out, &proc_rel(0, e))?;
                     let k = e.metric_index();
-                    Ok(measure(&to_dynamic(&p))[k] - m0[k])
+                    Ok(metrics.measure(&to_dynamic(&p))[k] - m0[k])
                 })
                 .collect::<Result<_>>()?;
             // Copier fidelity.
@@ -942,14 +967,8 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
             let orig_d = to_dynamic(&originals[0]);
             let mut both = sample_tasks(
                 &[
-                    SampleTask {
-                        model: &copier,
-                        nets: vec![],
-                    },
-                    SampleTask {
-                        model: &base_a,
-                        nets: vec![],
-                    },
+                    SampleTask::new(&copier, vec![]),
+                    SampleTask::new(&base_a, vec![]),
                 ],
                 &jobs,
                 &o.eval.sample,
@@ -978,11 +997,15 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
             let eval = evaluate(
                 &bases,
                 &loras,
-                &jobs,
-                &strengths,
-                &o.eval.sample,
-                o.eval.grid_rows,
-                o.jobs,
+                &EvalPlan {
+                    jobs: &jobs,
+                    strengths: &strengths,
+                    settings: &o.eval.sample,
+                    grid_rows: o.eval.grid_rows,
+                    grid_only_between: o.eval.grid_only_between,
+                    metrics,
+                    workers: o.jobs,
+                },
                 out,
                 "10",
                 bar,
@@ -1089,12 +1112,20 @@ fn settings_lines(
         t(&o.processed_train)
     ));
     v.push(format!(
-        "evaluation: {} prompts × {} seeds, {} {:?} steps at guidance {}",
+        "evaluation: {} prompts × {} seeds, {} {:?} steps at guidance {}{}",
         o.eval.prompts,
         o.eval.seeds,
         o.eval.sample.steps,
         o.eval.sample.sampler,
-        o.eval.sample.scale
+        o.eval.sample.scale,
+        if o.eval.grid_only_between {
+            format!(
+                "; strengths other than 0 and ±1 on the grid's {} rows only",
+                o.eval.grid_rows
+            )
+        } else {
+            String::new()
+        }
     ));
     v
 }

@@ -24,8 +24,8 @@ use super::common::{
     step_times, BaseSource, Progress,
 };
 use super::copier::{item, load_png, lora_meta, rgb_png, train_many, EvalOptions, RunSummary};
-use super::effects::{measure, parse_effects, EffectSpec};
-use super::eval::{evaluate, grid_image, save_png, EvalLora};
+use super::effects::{parse_effects, EffectSpec, MetricSet};
+use super::eval::{evaluate, grid_image, save_png, EvalLora, EvalPlan};
 use super::gen::{sample_jobs, to_dynamic, Job, SampleSettings};
 use super::model_io::{
     load_model, load_network, merge_network, save_lora, save_model, LoadedModel, MODEL_PRECISION,
@@ -256,10 +256,11 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
     check_text(&base_a, &caption, "--caption")?;
     let pool = random_captions(o.seed, 64);
     let n_eval = o.eval.prompts * o.eval.seeds;
-    let nz = o.eval.strengths.iter().filter(|&&s| s != 0.0).count();
     let n_bases = 1 + base_b.is_some() as usize;
     let n_b = (effects.len() + 1) * o.starts.len();
-    let units_eval = ((n_bases * (1 + n_b * nz) * n_eval * o.eval.sample.steps) / 10).max(1) as u64;
+    let units_eval = ((n_bases * (n_eval + n_b * o.eval.images_per_lora()) * o.eval.sample.steps)
+        / 10)
+        .max(1) as u64;
     let units_b = o.processed_train.max_train_steps * n_b as u64 / o.jobs.max(1) as u64;
     let progress = Progress::new(
         o.quiet,
@@ -593,12 +594,13 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
                 cols.push(vec![load_png(out, &proc_rel(e))?]);
             }
             save_png(out, "report/images.png", &grid_image(&cols), "7")?;
-            let m0 = measure(&to_dynamic(&original));
+            let metrics = MetricSet::for_effects(&effects);
+            let m0 = metrics.measure(&to_dynamic(&original));
             let deltas: Vec<f64> = effects
                 .iter()
                 .map(|e| -> Result<f64> {
                     Ok(
-                        measure(&to_dynamic(&load_png(out, &proc_rel(e))?))[e.metric_index()]
+                        metrics.measure(&to_dynamic(&load_png(out, &proc_rel(e))?))[e.metric_index()]
                             - m0[e.metric_index()],
                     )
                 })
@@ -606,11 +608,15 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
             let eval = evaluate(
                 &bases,
                 &loras,
-                &jobs,
-                &strengths,
-                &o.eval.sample,
-                o.eval.grid_rows,
-                o.jobs,
+                &EvalPlan {
+                    jobs: &jobs,
+                    strengths: &strengths,
+                    settings: &o.eval.sample,
+                    grid_rows: o.eval.grid_rows,
+                    grid_only_between: o.eval.grid_only_between,
+                    metrics,
+                    workers: o.jobs,
+                },
                 out,
                 "7",
                 bar,

@@ -6,23 +6,46 @@ use imgfx::{metrics, Effect};
 use crate::error::{Error, Result};
 
 /// The metrics the report measures on every sampled image.
-pub const METRICS: [&str; 5] = [
+pub const METRICS: [&str; 6] = [
     "line_density",
     "gradient_energy",
     "rms_contrast",
     "colour_count",
     "blockiness",
+    "level_error",
 ];
 
-/// Measures every metric of [`METRICS`] on `img`, in that order.
-pub fn measure(img: &DynamicImage) -> Vec<f64> {
-    vec![
-        metrics::line_density(img),
-        metrics::gradient_energy(img),
-        metrics::rms_contrast(img),
-        metrics::colour_count(img) as f64,
-        metrics::blockiness(img),
-    ]
+/// The metrics of [`METRICS`] with the parameters a run's effects give them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricSet {
+    /// The bits of `level_error`: those of the run's first `posterize` effect, else Pillow's default 4.
+    pub level_bits: u8,
+}
+
+impl MetricSet {
+    /// The metric parameters for a run with these effects.
+    pub fn for_effects(effects: &[EffectSpec]) -> Self {
+        let level_bits = effects
+            .iter()
+            .find_map(|e| match e.effect {
+                Effect::Posterize { bits } => Some(bits),
+                _ => None,
+            })
+            .unwrap_or(4);
+        MetricSet { level_bits }
+    }
+
+    /// Measures every metric of [`METRICS`] on `img`, in that order.
+    pub fn measure(&self, img: &DynamicImage) -> Vec<f64> {
+        vec![
+            metrics::line_density(img),
+            metrics::gradient_energy(img),
+            metrics::rms_contrast(img),
+            metrics::colour_count(img) as f64,
+            metrics::blockiness(img),
+            metrics::level_error(img, self.level_bits),
+        ]
+    }
 }
 
 /// One effect of `--effects`, with the label its files are named by.
@@ -42,7 +65,10 @@ impl EffectSpec {
         match self.effect.name() {
             "outline" | "contour" | "find_edges" | "edge_enhance" | "edge_enhance_more" => 0,
             "contrast" | "autocontrast" => 2,
-            "posterize" | "levels" => 3,
+            // Posterize by its level error: the colour count of a generated image is dominated by its sampling
+            // noise, which adds colours without moving values off their levels.
+            "posterize" => 5,
+            "levels" => 3,
             "jpeg" => 4,
             _ => 1,
         }
@@ -109,6 +135,19 @@ mod tests {
         assert_eq!(e[0].spec, "outline:strength=0.5,thickness=2");
         assert_eq!(e[0].metric_name(), "line_density");
         assert_eq!(e[1].metric_name(), "gradient_energy");
+    }
+
+    #[test]
+    fn posterize_is_measured_by_its_level_error_at_its_own_bits() {
+        let e = parse_effects(&["contrast,posterize:bits=3,posterize".into()]).unwrap();
+        assert_eq!(e[1].metric_name(), "level_error");
+        assert_eq!(MetricSet::for_effects(&e).level_bits, 3);
+        assert_eq!(MetricSet::for_effects(&e[..1]).level_bits, 4);
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(8, 8, image::Rgb([255, 96, 0])));
+        let m = MetricSet::for_effects(&e).measure(&img);
+        assert_eq!(m.len(), METRICS.len());
+        // 3 bits: levels every 32, the top one 224: 255 → 31, 96 → 0, 0 → 0.
+        assert!((m[5] - 31.0 / 3.0).abs() < 1e-9, "{}", m[5]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use lora_cuda::demo::RgbImage8;
 use lora_cuda::model::LoraNetwork;
 use serde_json::{json, Value};
 
-use super::effects::{measure, METRICS};
+use super::effects::{MetricSet, METRICS};
 use super::gen::{sample_jobs, to_dynamic, Job, SampleSettings};
 use super::model_io::LoadedModel;
 use super::outdir::OutDir;
@@ -93,6 +93,19 @@ pub struct SampleTask<'a> {
     pub model: &'a LoadedModel,
     /// The LoRAs, at their multipliers.
     pub nets: Vec<LoraNetwork>,
+    /// How many of the jobs to sample, from the first (`None`: all).
+    pub first_jobs: Option<usize>,
+}
+
+impl<'a> SampleTask<'a> {
+    /// The model with these LoRAs, over every job.
+    pub fn new(model: &'a LoadedModel, nets: Vec<LoraNetwork>) -> Self {
+        SampleTask {
+            model,
+            nets,
+            first_jobs: None,
+        }
+    }
 }
 
 /// Samples every task over `jobs`; results in task order. `workers` tasks run side by side, each on one BLAS
@@ -107,6 +120,7 @@ pub fn sample_tasks(
 ) -> Result<Vec<Vec<RgbImage8>>> {
     let run = |t: &SampleTask<'_>| -> Result<Vec<RgbImage8>> {
         let nets: Vec<&LoraNetwork> = t.nets.iter().collect();
+        let jobs = &jobs[..t.first_jobs.unwrap_or(jobs.len()).min(jobs.len())];
         let imgs = sample_jobs(t.model, &nets, jobs, settings)?;
         bar.inc(jobs.len() as u64);
         Ok(imgs)
@@ -151,56 +165,82 @@ pub fn sample_tasks(
         .collect()
 }
 
-/// Samples every base × LoRA × strength over `jobs` (`workers` sampling tasks side by side), measures the
-/// images, writes one grid per (base, LoRA) under `report/` (rows: the first `grid_rows` jobs; columns: the
+/// How [`evaluate`] samples and measures.
+#[derive(Clone, Debug)]
+pub struct EvalPlan<'a> {
+    /// The (prompt, seed) jobs.
+    pub jobs: &'a [Job],
+    /// The strengths (columns of the grids).
+    pub strengths: &'a [f32],
+    /// Sampler settings.
+    pub settings: &'a SampleSettings,
+    /// Rows of each grid: the first jobs.
+    pub grid_rows: usize,
+    /// Strengths other than 0 and ±1 (the verdict's) are sampled on the grid's rows only.
+    pub grid_only_between: bool,
+    /// The metrics' parameters.
+    pub metrics: MetricSet,
+    /// Sampling tasks side by side.
+    pub workers: usize,
+}
+
+impl EvalPlan<'_> {
+    /// How many jobs strength `s` is sampled on.
+    pub fn jobs_at(&self, s: f32) -> usize {
+        if self.grid_only_between && s != 0.0 && (s.abs() - 1.0).abs() > 1e-6 {
+            self.grid_rows.min(self.jobs.len())
+        } else {
+            self.jobs.len()
+        }
+    }
+}
+
+/// Samples every base × LoRA × strength over the plan's jobs (`workers` sampling tasks side by side), measures
+/// the images, writes one grid per (base, LoRA) under `report/` (rows: the first `grid_rows` jobs; columns: the
 /// strengths), records the files.
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     bases: &[(String, &LoadedModel)],
     loras: &[EvalLora],
-    jobs: &[Job],
-    strengths: &[f32],
-    settings: &SampleSettings,
-    grid_rows: usize,
-    workers: usize,
+    plan: &EvalPlan<'_>,
     out: &mut OutDir,
     step: &str,
     bar: &ProgressBar,
 ) -> Result<EvalResult> {
+    let (jobs, strengths, grid_rows, metrics) =
+        (plan.jobs, plan.strengths, plan.grid_rows, plan.metrics);
     let mut res = EvalResult {
         strengths: strengths.to_vec(),
         jobs: jobs.to_vec(),
         ..Default::default()
     };
     let nonzero: Vec<f32> = strengths.iter().copied().filter(|&s| s != 0.0).collect();
-    bar.set_length((bases.len() * (1 + loras.len() * nonzero.len()) * jobs.len()) as u64);
+    let per_lora: usize = nonzero.iter().map(|&s| plan.jobs_at(s)).sum();
+    bar.set_length((bases.len() * (jobs.len() + loras.len() * per_lora)) as u64);
     bar.set_position(0);
     bar.set_message("sampling every base, LoRA and strength");
     // All sampling first, in one task list so that the workers stay busy: per base, the base alone, then
     // each LoRA at each non-zero strength.
     let mut tasks: Vec<SampleTask<'_>> = Vec::new();
     for (_, model) in bases {
-        tasks.push(SampleTask {
-            model,
-            nets: vec![],
-        });
+        tasks.push(SampleTask::new(model, vec![]));
         for l in loras {
             for &s in &nonzero {
                 let mut net = l.net.clone();
                 net.multiplier = s as f64;
                 tasks.push(SampleTask {
-                    model,
-                    nets: vec![net],
+                    first_jobs: Some(plan.jobs_at(s)),
+                    ..SampleTask::new(model, vec![net])
                 });
             }
         }
     }
-    let mut sampled = sample_tasks(&tasks, jobs, settings, workers, bar)?.into_iter();
+    let mut sampled =
+        sample_tasks(&tasks, jobs, plan.settings, plan.workers, bar)?.into_iter();
     drop(tasks);
     bar.set_message("measuring and writing grids");
     for (bname, _) in bases {
         let zero = sampled.next().unwrap_or_default();
-        let zero_m: Vec<Vec<f64>> = zero.iter().map(|i| measure(&to_dynamic(i))).collect();
+        let zero_m: Vec<Vec<f64>> = zero.iter().map(|i| metrics.measure(&to_dynamic(i))).collect();
         for l in loras {
             let mut table: Table = Vec::new();
             let mut columns: Vec<Vec<RgbImage8>> = Vec::new();
@@ -211,7 +251,7 @@ pub fn evaluate(
                     continue;
                 }
                 let imgs = sampled.next().unwrap_or_default();
-                table.push(imgs.iter().map(|i| measure(&to_dynamic(i))).collect());
+                table.push(imgs.iter().map(|i| metrics.measure(&to_dynamic(i))).collect());
                 columns.push(imgs.into_iter().take(grid_rows).collect());
             }
             let rel = format!("report/grid_{}_{}.png", l.label, bname);
@@ -396,13 +436,11 @@ mod tests {
             )
         };
         let (m1, m2) = (model(1), model(2));
-        let tasks: Vec<SampleTask<'_>> = [&m1, &m2, &m1, &m2, &m2]
+        let mut tasks: Vec<SampleTask<'_>> = [&m1, &m2, &m1, &m2, &m2]
             .into_iter()
-            .map(|m| SampleTask {
-                model: m,
-                nets: vec![],
-            })
+            .map(|m| SampleTask::new(m, vec![]))
             .collect();
+        tasks[4].first_jobs = Some(1);
         let jobs = vec![
             Job {
                 prompt: "red circle".into(),
@@ -424,11 +462,13 @@ mod tests {
         assert_eq!(one.len(), 5);
         assert_eq!(one, two);
         assert_eq!(one[0], one[2]);
+        // A task limited to the first job draws that job's image alone.
+        assert_eq!(one[4], one[3][..1]);
         assert_ne!(
             one[0], one[1],
             "two random models should draw different images"
         );
-        assert_eq!(bar.position(), 2 * 5 * 2);
+        assert_eq!(bar.position(), 2 * (4 * 2 + 1));
     }
 
     #[test]
