@@ -119,6 +119,8 @@ fn copier_runs_end_to_end_with_every_optional_step() {
     o.merge_processed = true;
     o.extract = Some(2);
     o.resize = Some(1);
+    // One grid row: the strengths between ±1 are sampled on that row's job only.
+    o.eval.grid_rows = 1;
     let s = copier::run(&o).unwrap();
     let out = &o.out;
     let files = hashes(out);
@@ -194,6 +196,22 @@ fn copier_runs_end_to_end_with_every_optional_step() {
     let eval: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(eval["strengths"].as_array().unwrap().len(), 5);
+    // Values per strength (−1, −0.5, 0, 0.5, 1): every job at 0 and ±1, the grid's one row between.
+    for t in eval["tables"].as_array().unwrap() {
+        let per: Vec<usize> = t["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_array().unwrap().len())
+            .collect();
+        let want = if t["lora"] == "none" {
+            vec![2]
+        } else {
+            vec![2, 1, 2, 1, 2]
+        };
+        assert_eq!(per, want, "{}", t["lora"]);
+        assert_eq!(t["metrics"].as_array().unwrap().len(), 6);
+    }
     // Every file is in the manifest.
     let manifest: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();

@@ -203,7 +203,11 @@ pub fn level_error(img: &DynamicImage, bits: u8) -> f64 {
         for &v in &p[..s.colour] {
             let v = v as i32;
             let lo = (v / step) * step;
-            let d = (v - lo).min(if lo + step <= top { lo + step - v } else { i32::MAX });
+            let d = (v - lo).min(if lo + step <= top {
+                lo + step - v
+            } else {
+                i32::MAX
+            });
             sum += d as u64;
             n += 1;
         }

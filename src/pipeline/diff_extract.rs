@@ -599,10 +599,9 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
             let deltas: Vec<f64> = effects
                 .iter()
                 .map(|e| -> Result<f64> {
-                    Ok(
-                        metrics.measure(&to_dynamic(&load_png(out, &proc_rel(e))?))[e.metric_index()]
-                            - m0[e.metric_index()],
-                    )
+                    Ok(metrics.measure(&to_dynamic(&load_png(out, &proc_rel(e))?))
+                        [e.metric_index()]
+                        - m0[e.metric_index()])
                 })
                 .collect::<Result<_>>()?;
             let eval = evaluate(

@@ -143,7 +143,8 @@ mod tests {
         assert_eq!(e[1].metric_name(), "level_error");
         assert_eq!(MetricSet::for_effects(&e).level_bits, 3);
         assert_eq!(MetricSet::for_effects(&e[..1]).level_bits, 4);
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(8, 8, image::Rgb([255, 96, 0])));
+        let img =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(8, 8, image::Rgb([255, 96, 0])));
         let m = MetricSet::for_effects(&e).measure(&img);
         assert_eq!(m.len(), METRICS.len());
         // 3 bits: levels every 32, the top one 224: 255 → 31, 96 → 0, 0 → 0.

@@ -234,13 +234,15 @@ pub fn evaluate(
             }
         }
     }
-    let mut sampled =
-        sample_tasks(&tasks, jobs, plan.settings, plan.workers, bar)?.into_iter();
+    let mut sampled = sample_tasks(&tasks, jobs, plan.settings, plan.workers, bar)?.into_iter();
     drop(tasks);
     bar.set_message("measuring and writing grids");
     for (bname, _) in bases {
         let zero = sampled.next().unwrap_or_default();
-        let zero_m: Vec<Vec<f64>> = zero.iter().map(|i| metrics.measure(&to_dynamic(i))).collect();
+        let zero_m: Vec<Vec<f64>> = zero
+            .iter()
+            .map(|i| metrics.measure(&to_dynamic(i)))
+            .collect();
         for l in loras {
             let mut table: Table = Vec::new();
             let mut columns: Vec<Vec<RgbImage8>> = Vec::new();
@@ -251,7 +253,11 @@ pub fn evaluate(
                     continue;
                 }
                 let imgs = sampled.next().unwrap_or_default();
-                table.push(imgs.iter().map(|i| metrics.measure(&to_dynamic(i))).collect());
+                table.push(
+                    imgs.iter()
+                        .map(|i| metrics.measure(&to_dynamic(i)))
+                        .collect(),
+                );
                 columns.push(imgs.into_iter().take(grid_rows).collect());
             }
             let rel = format!("report/grid_{}_{}.png", l.label, bname);
