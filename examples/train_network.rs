@@ -133,6 +133,10 @@ struct Args {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Not an sd-scripts flag: split each batch into this many parts computed side by side on the CPU's cores
+    /// (the same step up to float summation order; set OPENBLAS_NUM_THREADS=1 with it).
+    #[arg(long, default_value_t = 1)]
+    micro_batches: usize,
 }
 
 fn load_image(path: &std::path::Path, side: usize) -> Result<Vec<f32>, String> {
@@ -220,6 +224,7 @@ fn run(a: Args) -> Result<(), String> {
         base_weights_multiplier: a.base_weights_multiplier,
         device: a.device,
         caption_extension: a.caption_extension,
+        micro_batches: a.micro_batches,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

@@ -96,6 +96,10 @@ pub struct TrainArgs {
     /// Batch size of the processed LoRAs (default: 2 for copier, --train_batch_size for diff_extract).
     #[arg(long)]
     pub processed_train_batch_size: Option<usize>,
+    /// Not an sd-scripts flag: the copier LoRA (which trains alone) splits each batch into this many parts
+    /// computed side by side on the cores; the processed LoRAs already run side by side and use 1.
+    #[arg(long, default_value_t = 2)]
+    pub micro_batches: usize,
 }
 
 impl TrainArgs {
@@ -127,6 +131,7 @@ impl TrainArgs {
             shuffle_caption: self.shuffle_caption,
             keep_tokens: self.keep_tokens,
             seed: self.train_seed,
+            micro_batches: self.micro_batches.max(1),
         };
         let p = TrainOptions {
             network_dim: self.processed_network_dim.unwrap_or(self.network_dim),
@@ -140,6 +145,7 @@ impl TrainArgs {
                 .or(processed_batch_default)
                 .unwrap_or(self.train_batch_size),
             seed: self.train_seed + 1,
+            micro_batches: 1,
             ..c.clone()
         };
         (c, p)
@@ -393,6 +399,19 @@ mod tests {
         assert_eq!(o, d);
         assert_eq!(o.processed_train.train_batch_size, 2);
         assert_eq!(o.copier_train.train_batch_size, 4);
+    }
+
+    #[test]
+    fn diff_extract_flag_defaults_are_the_library_defaults() {
+        let o = DiffExtractArgs::try_parse_from(["diff_extract", "--out", "o"])
+            .unwrap()
+            .into_options()
+            .unwrap();
+        let d = DiffExtractOptions {
+            out: "o".into(),
+            ..DiffExtractOptions::default()
+        };
+        assert_eq!(o, d);
     }
 
     #[test]

@@ -161,7 +161,11 @@ impl Default for CopierOptions {
             merge_processed: false,
             extract: None,
             resize: None,
-            copier_train: TrainOptions::default(),
+            // Trains alone: its batch of 4 in two parts side by side (about 1.8× faster on two cores).
+            copier_train: TrainOptions {
+                micro_batches: 2,
+                ..TrainOptions::default()
+            },
             // Batch 2: a processed LoRA learns only what the effect changed on a model that already draws the
             // image, and reproduces the processed image as well as at batch 4 (25.3 vs 25.2 dB) in half the time.
             processed_train: TrainOptions {
@@ -326,9 +330,10 @@ pub(crate) fn train_many(
 ) -> Result<()> {
     let todo: Vec<_> = tasks.into_iter().filter(|t| !out.verified(&t.0)).collect();
     for chunk in todo.chunks(jobs.max(1)) {
-        // Side by side, each training keeps BLAS on one thread (nested BLAS threads from several trainings
-        // oversubscribe the cores); rayon's pool is shared and does not oversubscribe.
-        let _blas = (chunk.len() > 1).then(lora_ops::SingleThreadedBlas::new);
+        // Side by side (trainings, or one training's micro-batches), each thread keeps BLAS on one thread
+        // (nested BLAS threads oversubscribe the cores); rayon's pool is shared and does not oversubscribe.
+        let _blas =
+            (chunk.len() > 1 || opts.micro_batches > 1).then(lora_ops::SingleThreadedBlas::new);
         let results: Vec<Result<(String, LoraFile)>> = std::thread::scope(|s| {
             let handles: Vec<_> = chunk
                 .iter()

@@ -136,8 +136,13 @@ impl Default for DiffExtractOptions {
             effects: vec!["outline".into()],
             starts: vec![ProcessedStart::CopierModel],
             new_rank: 8,
-            copier_train: c.copier_train.clone(),
-            processed_train: c.copier_train,
+            // B overtrains like A (the flags' defaults): A's settings, its own seed, side by side with others.
+            processed_train: TrainOptions {
+                seed: c.copier_train.seed + 1,
+                micro_batches: 1,
+                ..c.copier_train.clone()
+            },
+            copier_train: c.copier_train,
             generate: c.generate,
             eval: c.eval,
             jobs: 2,

@@ -52,6 +52,9 @@ pub struct TrainOptions {
     pub keep_tokens: usize,
     /// `--seed`.
     pub seed: u64,
+    /// `--micro_batches`: each batch split into this many parts computed side by side on the cores (for a
+    /// training that runs alone; see `lora_cuda::train::TrainConfig::micro_batches`).
+    pub micro_batches: usize,
 }
 
 impl Default for TrainOptions {
@@ -78,6 +81,7 @@ impl Default for TrainOptions {
             shuffle_caption: true,
             keep_tokens: 0,
             seed: 42,
+            micro_batches: 1,
         }
     }
 }
@@ -153,6 +157,7 @@ impl TrainOptions {
             seed: self.seed,
             prediction: m.prediction,
             schedule: m.schedule.clone(),
+            micro_batches: self.micro_batches.max(1),
             ..TrainConfig::default()
         })
     }

@@ -24,7 +24,7 @@ pub mod dataset;
 pub mod lora_io;
 pub mod network;
 
-use crate::autograd::{Graph, ParamId, Var};
+use crate::autograd::{Grads, Graph, ParamId, Var};
 use crate::demo::WordTokenizer;
 use crate::error::{Error, Result};
 use crate::lora::LoraContext;
@@ -126,6 +126,10 @@ pub struct TrainConfig {
     pub schedule: NoiseSchedule,
     /// AdamW settings (torch defaults, weight decay 0.01).
     pub adamw: AdamWConfig,
+    /// Parts each batch is split into, their gradients computed side by side on threads and averaged: the
+    /// same step up to float summation order, about `parts`× faster on as many idle CPU cores (a small model's
+    /// operations are too small to fill two cores on their own). 1: the whole batch in one graph.
+    pub micro_batches: usize,
 }
 
 impl Default for TrainConfig {
@@ -146,6 +150,7 @@ impl Default for TrainConfig {
             prediction: Prediction::Epsilon,
             schedule: NoiseSchedule::sd_default(),
             adamw: AdamWConfig::default(),
+            micro_batches: 1,
         }
     }
 }
@@ -357,6 +362,53 @@ impl Trainer {
         Ok(())
     }
 
+    /// The gradients and the loss of one micro-batch (`dims`: channels and side of the images).
+    #[allow(clippy::too_many_arguments)]
+    fn micro_batch_grads(
+        &self,
+        lctx: &mut LoraContext,
+        ids: &[Vec<u32>],
+        xt: Vec<f32>,
+        target: Vec<f32>,
+        ts: &[f32],
+        weights: &[f32],
+        dims: [usize; 2],
+    ) -> Result<(Grads, f32)> {
+        let [c, side] = dims;
+        let n = ts.len();
+        let mut nets: Vec<&LoraNetwork> = self.base_nets.iter().collect();
+        let (te_trains, full) = match &self.trainable {
+            Trainable::Lora(net) => {
+                nets.push(net);
+                (net.targets.iter().any(|t| t.text_encoder), false)
+            }
+            Trainable::Full => (true, true),
+        };
+        let mut g = Graph::new();
+        let context = if te_trains || full {
+            self.model.te_forward(&mut g, &nets, lctx, ids)?
+        } else {
+            let mut gi = Graph::inference();
+            let mut ectx = LoraContext::eval(1.0);
+            let cv = self.model.te_forward(&mut gi, &nets, &mut ectx, ids)?;
+            g.input(gi.value(cv)?.clone())
+        };
+        let xv = g.input(Tensor::from_vec(xt, &[n, c, side, side])?);
+        let tv = g.input(Tensor::from_vec(target, &[n, c, side, side])?);
+        let pred = self
+            .model
+            .unet_forward(&mut g, &nets, lctx, xv, ts, context)?;
+        let loss = weighted_mse(&mut g, pred, tv, weights)?;
+        let lv = g.value(loss)?.scalar_value()? as f32;
+        if !lv.is_finite() {
+            return Err(Error::InvalidArgument {
+                what: format!("training step {}", self.step + 1),
+                msg: format!("loss is {lv}"),
+            });
+        }
+        Ok((g.into_grads(loss)?, lv))
+    }
+
     /// One optimisation step on a batch; returns the loss and the learning rate used.
     pub fn step(&mut self, batch: &[&TrainItem]) -> Result<(f32, f64)> {
         let n = batch.len();
@@ -402,40 +454,70 @@ impl Trainer {
                 None => 1.0,
             });
         }
-        let grads = {
-            let mut nets: Vec<&LoraNetwork> = self.base_nets.iter().collect();
-            let (te_trains, full) = match &self.trainable {
-                Trainable::Lora(net) => {
-                    nets.push(net);
-                    (net.targets.iter().any(|t| t.text_encoder), false)
+        let parts = self.cfg.micro_batches.clamp(1, n);
+        let (mut grads, lv) = if parts == 1 {
+            let mut lctx = std::mem::replace(&mut self.lctx, LoraContext::eval(1.0));
+            let r = self.micro_batch_grads(&mut lctx, &ids, xt, target, &ts, &weights, [c, side]);
+            self.lctx = lctx;
+            r?
+        } else {
+            // Equal-as-possible parts, side by side on threads; each part's own LoRA context (the first keeps
+            // the trainer's, the others are derived from the step), so the result does not depend on how
+            // many threads ran them.
+            let bounds: Vec<(usize, usize)> = (0..parts)
+                .map(|i| (i * n / parts, (i + 1) * n / parts))
+                .collect();
+            let mut ctxs: Vec<LoraContext> = (0..parts)
+                .map(|i| {
+                    if i == 0 {
+                        std::mem::replace(&mut self.lctx, LoraContext::eval(1.0))
+                    } else {
+                        LoraContext::training(self.cfg.seed ^ (self.step << 8) ^ i as u64)
+                    }
+                })
+                .collect();
+            let me = &*self;
+            let results: Vec<Result<(Grads, f32)>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = bounds
+                    .iter()
+                    .zip(ctxs.iter_mut())
+                    .map(|(&(a, b), ctx)| {
+                        let (xt, target) = (&xt[a * per..b * per], &target[a * per..b * per]);
+                        let (ids, ts, w) = (&ids[a..b], &ts[a..b], &weights[a..b]);
+                        sc.spawn(move || {
+                            me.micro_batch_grads(
+                                ctx,
+                                ids,
+                                xt.to_vec(),
+                                target.to_vec(),
+                                ts,
+                                w,
+                                [c, side],
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
+            });
+            self.lctx = ctxs.swap_remove(0);
+            // The batch loss is the mean over samples: each part's mean weighted by its share.
+            let mut total: Option<Grads> = None;
+            let mut loss = 0.0f32;
+            for (r, &(a, b)) in results.into_iter().zip(&bounds) {
+                let (mut g, l) = r?;
+                let share = (b - a) as f64 / n as f64;
+                g.scale(share)?;
+                loss += l * share as f32;
+                match &mut total {
+                    Some(t) => t.accumulate(&g)?,
+                    None => total = Some(g),
                 }
-                Trainable::Full => (true, true),
-            };
-            let mut g = Graph::new();
-            let context = if te_trains || full {
-                self.model.te_forward(&mut g, &nets, &mut self.lctx, &ids)?
-            } else {
-                let mut gi = Graph::inference();
-                let mut ectx = LoraContext::eval(1.0);
-                let cv = self.model.te_forward(&mut gi, &nets, &mut ectx, &ids)?;
-                g.input(gi.value(cv)?.clone())
-            };
-            let xv = g.input(Tensor::from_vec(xt, &[n, c, side, side])?);
-            let tv = g.input(Tensor::from_vec(target, &[n, c, side, side])?);
-            let pred = self
-                .model
-                .unet_forward(&mut g, &nets, &mut self.lctx, xv, &ts, context)?;
-            let loss = weighted_mse(&mut g, pred, tv, &weights)?;
-            let lv = g.value(loss)?.scalar_value()? as f32;
-            if !lv.is_finite() {
-                return Err(Error::InvalidArgument {
-                    what: format!("training step {}", self.step + 1),
-                    msg: format!("loss is {lv}"),
-                });
             }
-            (g.into_grads(loss)?, lv)
+            (total.unwrap_or_default(), loss)
         };
-        let (mut grads, lv) = grads;
         if self.cfg.max_grad_norm > 0.0 {
             clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
         }
@@ -594,6 +676,57 @@ mod tests {
             .to_vec_f32()
             .unwrap();
         assert_eq!(before_weights, after, "the base model must stay frozen");
+    }
+
+    /// Split into micro-batches, a step is the whole batch's step: the same loss, and (with an ε so large that
+    /// AdamW's update is proportional to the gradient) the same update, within float summation order.
+    #[test]
+    fn micro_batches_give_the_whole_batch_step() {
+        let run = |parts: usize, batch: usize| {
+            let model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 4).unwrap();
+            let cfg = TrainConfig {
+                max_train_steps: 1,
+                learning_rate: 1.0,
+                train_batch_size: batch,
+                min_snr_gamma: Some(5.0),
+                micro_batches: parts,
+                adamw: AdamWConfig {
+                    eps: 1e3,
+                    weight_decay: 0.0,
+                    ..AdamWConfig::default()
+                },
+                seed: 3,
+                ..TrainConfig::default()
+            };
+            let id = model.store.find("unet.conv_out.weight").unwrap();
+            let before = model.store.value(id).unwrap().to_vec_f32().unwrap();
+            let mut t =
+                Trainer::new(model, Trainable::Full, vec![], WordTokenizer::demo(), cfg).unwrap();
+            let mut loss = 0.0;
+            t.run(&data(5), |_, i| {
+                loss = i.loss;
+                Ok(())
+            })
+            .unwrap();
+            let after = t.model.store.value(id).unwrap().to_vec_f32().unwrap();
+            let delta: Vec<f32> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            (loss, delta)
+        };
+        for (parts, batch) in [(2, 4), (3, 5)] {
+            let (l1, d1) = run(1, batch);
+            let (l2, d2) = run(parts, batch);
+            assert!((l1 - l2).abs() <= 1e-5 * l1.abs(), "loss {l1} vs {l2}");
+            let scale = d1.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0);
+            let diff = d1
+                .iter()
+                .zip(&d2)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-4 * scale,
+                "update differs by {diff} (scale {scale})"
+            );
+        }
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub struct TrainNetworkArgs {
     pub device: String,
     /// `--caption_extension` (recorded in metadata).
     pub caption_extension: String,
+    /// `--micro_batches` (ours): split each batch into this many parts computed side by side on the CPU's
+    /// cores ([`TrainConfig::micro_batches`]).
+    pub micro_batches: usize,
 }
 
 impl Default for TrainNetworkArgs {
@@ -133,6 +136,7 @@ impl Default for TrainNetworkArgs {
             base_weights_multiplier: Vec::new(),
             device: "cpu".into(),
             caption_extension: ".caption".into(),
+            micro_batches: 1,
         }
     }
 }
@@ -360,6 +364,7 @@ pub fn train_network_on(
         prediction: base.info.prediction,
         schedule: base.info.schedule.clone(),
         adamw: AdamWConfig::default(),
+        micro_batches: args.micro_batches.max(1),
     };
     let mut meta = training_metadata(args, base, &data, steps_per_epoch, max_steps, dim)?;
     let mut trainer = Trainer::new(
