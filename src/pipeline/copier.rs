@@ -55,6 +55,25 @@ pub struct EvalOptions {
 }
 
 impl EvalOptions {
+    /// The plan [`evaluate`] follows for these options.
+    pub fn plan<'a>(
+        &'a self,
+        jobs: &'a [Job],
+        strengths: &'a [f32],
+        metrics: MetricSet,
+        workers: usize,
+    ) -> EvalPlan<'a> {
+        EvalPlan {
+            jobs,
+            strengths,
+            settings: &self.sample,
+            grid_rows: self.grid_rows,
+            grid_only_between: self.grid_only_between,
+            metrics,
+            workers,
+        }
+    }
+
     /// Images sampled per base and LoRA over the non-zero strengths.
     pub fn images_per_lora(&self) -> usize {
         let n = self.prompts * self.seeds;
@@ -1007,15 +1026,7 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
             let eval = evaluate(
                 &bases,
                 &loras,
-                &EvalPlan {
-                    jobs: &jobs,
-                    strengths: &strengths,
-                    settings: &o.eval.sample,
-                    grid_rows: o.eval.grid_rows,
-                    grid_only_between: o.eval.grid_only_between,
-                    metrics,
-                    workers: o.jobs,
-                },
+                &o.eval.plan(&jobs, &strengths, metrics, o.jobs),
                 out,
                 "10",
                 bar,

@@ -25,7 +25,7 @@ use super::common::{
 };
 use super::copier::{item, load_png, lora_meta, rgb_png, train_many, EvalOptions, RunSummary};
 use super::effects::{parse_effects, EffectSpec, MetricSet};
-use super::eval::{evaluate, grid_image, save_png, EvalLora, EvalPlan};
+use super::eval::{evaluate, grid_image, save_png, EvalLora};
 use super::gen::{sample_jobs, to_dynamic, Job, SampleSettings};
 use super::model_io::{
     load_model, load_network, merge_network, save_lora, save_model, LoadedModel, MODEL_PRECISION,
@@ -612,15 +612,7 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
             let eval = evaluate(
                 &bases,
                 &loras,
-                &EvalPlan {
-                    jobs: &jobs,
-                    strengths: &strengths,
-                    settings: &o.eval.sample,
-                    grid_rows: o.eval.grid_rows,
-                    grid_only_between: o.eval.grid_only_between,
-                    metrics,
-                    workers: o.jobs,
-                },
+                &o.eval.plan(&jobs, &strengths, metrics, o.jobs),
                 out,
                 "7",
                 bar,
