@@ -180,7 +180,8 @@ impl Default for CopierOptions {
             merge_processed: false,
             extract: None,
             resize: None,
-            // Trains alone: its batch of 4 in two parts side by side (about 1.8× faster on two cores).
+            // Trains alone: its batch of 4 in two parts side by side on the two cores (358 → 337 s on the
+            // 2-core machine, whose memory bandwidth the two parts share; more on machines with more of it).
             copier_train: TrainOptions {
                 micro_batches: 2,
                 ..TrainOptions::default()

@@ -127,8 +127,10 @@ pub struct TrainConfig {
     /// AdamW settings (torch defaults, weight decay 0.01).
     pub adamw: AdamWConfig,
     /// Parts each batch is split into, their gradients computed side by side on threads and averaged: the
-    /// same step up to float summation order, about `parts`× faster on as many idle CPU cores (a small model's
-    /// operations are too small to fill two cores on their own). 1: the whole batch in one graph.
+    /// same step up to float summation order (a small model's operations are too small to fill several cores
+    /// on their own; how much faster depends on the memory bandwidth the parts share: 6 % for the demo model on
+    /// a 2-core VM). The trajectory over many steps is not the whole batch's bit for bit (AdamW amplifies
+    /// rounding in near-zero gradients): keep the setting to reproduce a run. 1: the whole batch in one graph.
     pub micro_batches: usize,
 }
 
