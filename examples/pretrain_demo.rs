@@ -74,8 +74,10 @@ struct Args {
     /// The model's prediction type (epsilon or v_prediction), kept in its metadata.
     #[arg(long, default_value = "epsilon")]
     prediction: String,
-    /// Min-SNR loss weighting (gamma); 0 turns it off.
-    #[arg(long, default_value_t = 5.0)]
+    /// Min-SNR loss weighting (gamma); 0 turns it off. Off by default: with v_prediction its weight
+    /// min(snr, γ)/(snr + 1) tends to snr at high noise, so the steps that decide colour and layout carry almost
+    /// no weight (rounds 3–4 of scripts/model_pretrain.sh drew every shape in a rainbow of colours).
+    #[arg(long, default_value_t = 0.0)]
     min_snr_gamma: f32,
     /// Base A first trains this many minutes on images of half the side (4× cheaper per image: the
     /// convolutional model learns colours, shapes and layout there), then on full-size ones.

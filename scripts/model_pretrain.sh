@@ -50,19 +50,19 @@ case "${1:-}" in
     shift
     # Only the half-side phase of this round is used (its full-size phase was stopped).
     exec $bin --out_dir "$work/round2" --config demo --seed 1 \
-        --resume_a "$work/round1/demo_base_a.safetensors" --low_res_minutes 45 --steps_a 780 --skip_b \
+        --resume_a "$work/round1/demo_base_a.safetensors" --min_snr_gamma 5 --low_res_minutes 45 --steps_a 780 --skip_b \
         --batch 8 --lr 4e-4 --images 4096 --caption_dropout_rate 0.1 --max_minutes 36 "$@" ;;
   --round3)
     shift
     exec $bin --out_dir "$work/round3" --config demo --seed 2 \
-        --resume_a "$work/round2/demo_base_a_half_side.safetensors" --prediction v_prediction \
+        --resume_a "$work/round2/demo_base_a_half_side.safetensors" --prediction v_prediction --min_snr_gamma 5 \
         --low_res_minutes 20 --steps_a 450 --steps_b 250 --batch 8 --lr 4e-4 --lr_b 2e-4 --images 4096 \
         --caption_dropout_rate 0.1 --max_minutes 22 "$@" ;;
   --round4)
     shift
     # Only the half-side phase of this round is used (its full-size phase was stopped).
     exec $bin --out_dir "$work/round4" --config demo --seed 3 \
-        --resume_a "$work/round3/demo_base_a.safetensors" --prediction v_prediction \
+        --resume_a "$work/round3/demo_base_a.safetensors" --prediction v_prediction --min_snr_gamma 5 \
         --low_res_minutes 45 --steps_a 400 --skip_b --batch 8 --lr 4e-4 --images 4096 \
         --caption_dropout_rate 0.1 --max_minutes 16 "$@" ;;
 esac
