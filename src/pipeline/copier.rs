@@ -1096,8 +1096,24 @@ fn settings_lines(
 ) -> Vec<String> {
     let t = |x: &TrainOptions| {
         format!(
-            "dim {} alpha {}, lr {}, {} steps, batch {}, warmup {}, caption dropout {}, random captions {}",
-            x.network_dim, x.network_alpha, x.learning_rate, x.max_train_steps, x.train_batch_size, x.lr_warmup_steps, x.caption_dropout_rate, x.random_caption_rate
+            "dim {} alpha {}, {}, lr {}, {} steps, batch {}{}, warmup {}, caption dropout {}, random captions {}",
+            x.network_dim,
+            x.network_alpha,
+            match x.conv_dim {
+                Some(d) => format!("3×3 conv dim {d} alpha {}", x.conv_alpha),
+                None => "no 3×3 conv modules".into(),
+            },
+            x.learning_rate,
+            x.max_train_steps,
+            x.train_batch_size,
+            if x.micro_batches > 1 {
+                format!(" in {} micro-batches", x.micro_batches)
+            } else {
+                String::new()
+            },
+            x.lr_warmup_steps,
+            x.caption_dropout_rate,
+            x.random_caption_rate
         )
     };
     let mut v = vec![
