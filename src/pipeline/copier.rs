@@ -981,7 +981,7 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
             }
             save_png(out, "report/images.png", &grid_image(&cols), "10")?;
             // What each effect did to the original.
-            let metrics = MetricSet::for_effects(&effects);
+            let metrics = MetricSet::for_effects(effects);
             let m0 = metrics.measure(&to_dynamic(&originals[0]));
             let effect_deltas: Vec<f64> = effects
                 .iter()
