@@ -3,8 +3,8 @@
 //! their metadata records the recipe, they sample finite images of the demo size, and they follow the
 //! colour, shape and background their prompt names (read back from the pixels, far above chance).
 //!
-//! The shape is the hardest to read back from a 64×64 sample (a diamond drawn with soft corners reads as a
-//! circle): its bar is lower than the colour's, still well above chance.
+//! The shape is the hardest to read back from a 64×64 sample (a cross drawn with soft corners reads as a
+//! circle): its bar is lower than the colour's, still twice chance.
 
 use std::path::Path;
 
@@ -78,7 +78,7 @@ fn demo_base_a_samples_finite_images_of_the_demo_size() {
 /// 1/5).
 const BACKGROUND_MIN: f64 = 0.8;
 const COLOUR_MIN: f64 = 0.5;
-const SHAPE_MIN: f64 = 0.3;
+const SHAPE_MIN: f64 = 0.4;
 
 /// Every colour × shape prompt (30, large and centred, on white, black and gray backgrounds), one seed, 10 DDIM
 /// steps: the background, colour and shape read back from the image must match the prompt far above chance.
@@ -100,10 +100,7 @@ fn demo_bases_draw_the_prompted_colour_shape_and_background() {
             background >= BACKGROUND_MIN,
             "{name}: background hit rate {background:.2}"
         );
-        assert!(
-            colour >= COLOUR_MIN,
-            "{name}: colour hit rate {colour:.2}"
-        );
+        assert!(colour >= COLOUR_MIN, "{name}: colour hit rate {colour:.2}");
         assert!(shape >= SHAPE_MIN, "{name}: shape hit rate {shape:.2}");
     }
 }

@@ -169,10 +169,54 @@ fn template(shape: Shape, w: usize, h: usize, bbox: (f32, f32, f32, f32), erode:
     m
 }
 
+/// The largest 4-connected part of a mask (`w`×`h`, row-major).
+pub fn largest_component(mask: &[bool], w: usize, h: usize) -> Vec<bool> {
+    let mut label = vec![0u32; mask.len()];
+    let (mut best, mut best_size, mut next) = (0u32, 0usize, 0u32);
+    let mut stack = Vec::new();
+    for start in 0..mask.len() {
+        if !mask[start] || label[start] != 0 {
+            continue;
+        }
+        next += 1;
+        label[start] = next;
+        stack.push(start);
+        let mut size = 0;
+        while let Some(i) = stack.pop() {
+            size += 1;
+            let (x, y) = (i % w, i / w);
+            let mut visit = |j: usize| {
+                if mask[j] && label[j] == 0 {
+                    label[j] = next;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < w {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - w);
+            }
+            if y + 1 < h {
+                visit(i + w);
+            }
+        }
+        if size > best_size {
+            (best, best_size) = (next, size);
+        }
+    }
+    label.iter().map(|&l| l != 0 && l == best).collect()
+}
+
 /// Measures the colour and the shape in a demo image; `None` if no foreground was found.
 pub fn analyse(img: &RgbImage8) -> Option<Measured> {
     let (w, h) = (img.width, img.height);
-    let mask = foreground_mask(img, 50.0);
+    // The shape is the largest connected part of the foreground: a sampled image's stray specks would
+    // otherwise stretch the bounding box the templates are drawn into.
+    let mask = largest_component(&foreground_mask(img, 50.0), w, h);
     let count = mask.iter().filter(|&&b| b).count();
     if count < 4 {
         return None;
@@ -269,6 +313,23 @@ mod tests {
                 wrong.len()
             );
         }
+    }
+
+    #[test]
+    fn stray_specks_do_not_change_the_shape_read() {
+        let w = World::new(64, Style::A);
+        let scene =
+            Scene::from_caption("red square, large, center, white background, flat").unwrap();
+        let mut img = w.render(&scene, 0);
+        assert_eq!(analyse(&img).unwrap().shape, Shape::Square);
+        // Dark specks in two corners (a sampled image's noise) are foreground, but not the shape.
+        for (x, y) in [(2, 3), (60, 61)] {
+            let i = (y * 64 + x) * 3;
+            img.data[i..i + 3].copy_from_slice(&[20, 20, 20]);
+        }
+        assert_eq!(analyse(&img).unwrap().shape, Shape::Square);
+        let m = largest_component(&[true, false, true, true, false, false], 3, 2);
+        assert_eq!(m, [true, false, false, true, false, false]);
     }
 
     #[test]
