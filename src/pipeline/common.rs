@@ -257,9 +257,12 @@ pub fn check_text(m: &LoadedModel, text: &str, flag: &str) -> Result<()> {
 /// The report's step-time rows: the finished steps recorded in the output folder, in step order, then the
 /// running step's own time so far (`running`: its label and start).
 pub fn step_times(out: &OutDir, running: &str, started: Instant) -> Vec<(String, f64)> {
+    let number = |k: &str| k.split(' ').next().map(str::to_string);
+    // A time recorded for this same step by an earlier run (its outputs since removed) is not this run's.
     let mut steps: Vec<(String, f64)> = out
         .step_seconds()
         .iter()
+        .filter(|(k, _)| number(k) != number(running))
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     steps.sort_by_key(|(k, _)| {
@@ -270,4 +273,22 @@ pub fn step_times(out: &OutDir, running: &str, started: Instant) -> Vec<(String,
     });
     steps.push((running.to_string(), started.elapsed().as_secs_f64()));
     steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_times_are_in_step_order_and_drop_an_earlier_run_of_the_running_step() {
+        let t = tempfile::tempdir().unwrap();
+        let mut out = OutDir::open(t.path(), "copier", "opts").unwrap();
+        out.record_time("10 evaluate and report", 500.0).unwrap();
+        out.record_time("5 processed LoRAs", 50.0).unwrap();
+        out.record_time("2 copier LoRA", 20.0).unwrap();
+        let steps = step_times(&out, "10 evaluate", Instant::now());
+        let names: Vec<&str> = steps.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["2 copier LoRA", "5 processed LoRAs", "10 evaluate"]);
+        assert!(steps[2].1 < 10.0);
+    }
 }
