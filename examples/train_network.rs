@@ -112,6 +112,12 @@ struct Args {
     /// Noise offset.
     #[arg(long)]
     noise_offset: Option<f32>,
+    /// Smallest training timestep (default 0).
+    #[arg(long)]
+    min_timestep: Option<usize>,
+    /// Training timesteps are below this (default: the schedule's length, 1000).
+    #[arg(long)]
+    max_timestep: Option<usize>,
     /// no, fp16 or bf16 (the CPU path computes in f32 and records the flag).
     #[arg(long, default_value = "no")]
     mixed_precision: String,
@@ -216,6 +222,8 @@ fn run(a: Args) -> Result<(), String> {
         random_caption_rate: a.random_caption_rate,
         random_captions,
         noise_offset: a.noise_offset,
+        min_timestep: a.min_timestep,
+        max_timestep: a.max_timestep,
         mixed_precision: a.mixed_precision,
         save_precision: a.save_precision,
         save_every_n_steps: a.save_every_n_steps,

@@ -66,6 +66,12 @@ pub struct TrainArgs {
     /// Noise offset.
     #[arg(long)]
     pub noise_offset: Option<f32>,
+    /// Smallest training timestep of the copier LoRA (default 0).
+    #[arg(long)]
+    pub min_timestep: Option<usize>,
+    /// The copier LoRA's training timesteps are below this (default: the schedule's length).
+    #[arg(long)]
+    pub max_timestep: Option<usize>,
     /// Fraction of steps on the empty caption.
     #[arg(long, default_value_t = 0.25)]
     pub caption_dropout_rate: f32,
@@ -93,6 +99,12 @@ pub struct TrainArgs {
     /// Learning rate of the processed LoRAs (default: --learning_rate).
     #[arg(long)]
     pub processed_learning_rate: Option<f64>,
+    /// Smallest training timestep of the processed LoRAs (default: --min_timestep).
+    #[arg(long)]
+    pub processed_min_timestep: Option<usize>,
+    /// The processed LoRAs' training timesteps are below this (default: --max_timestep).
+    #[arg(long)]
+    pub processed_max_timestep: Option<usize>,
     /// Batch size of the processed LoRAs (default: 2 for copier, --train_batch_size for diff_extract).
     #[arg(long)]
     pub processed_train_batch_size: Option<usize>,
@@ -126,6 +138,8 @@ impl TrainArgs {
             max_grad_norm: self.max_grad_norm,
             min_snr_gamma: self.min_snr_gamma,
             noise_offset: self.noise_offset,
+            min_timestep: self.min_timestep,
+            max_timestep: self.max_timestep,
             caption_dropout_rate: self.caption_dropout_rate,
             random_caption_rate: self.random_caption_rate,
             shuffle_caption: self.shuffle_caption,
@@ -145,6 +159,8 @@ impl TrainArgs {
                 .or(processed_batch_default)
                 .unwrap_or(self.train_batch_size),
             seed: self.train_seed + 1,
+            min_timestep: self.processed_min_timestep.or(self.min_timestep),
+            max_timestep: self.processed_max_timestep.or(self.max_timestep),
             micro_batches: 1,
             ..c.clone()
         };
@@ -458,6 +474,52 @@ mod tests {
         assert_eq!(o.copier_train.lr_warmup_steps, 500);
         assert_eq!(o.effects, vec!["outline:thickness=2,flatten".to_string()]);
         assert_eq!(o.eval.strengths, vec![-1.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn timestep_ranges_reach_the_loras_they_name() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["copier", "--out", "o"];
+            args.extend_from_slice(extra);
+            let o = CopierArgs::try_parse_from(args)
+                .unwrap()
+                .into_options()
+                .unwrap();
+            (
+                (o.copier_train.min_timestep, o.copier_train.max_timestep),
+                (
+                    o.processed_train.min_timestep,
+                    o.processed_train.max_timestep,
+                ),
+            )
+        };
+        assert_eq!(
+            parse(&["--max_timestep", "900"]),
+            ((None, Some(900)), (None, Some(900)))
+        );
+        assert_eq!(
+            parse(&[
+                "--processed_min_timestep",
+                "10",
+                "--processed_max_timestep",
+                "400"
+            ]),
+            ((None, None), (Some(10), Some(400)))
+        );
+        let bad = CopierArgs::try_parse_from([
+            "copier",
+            "--out",
+            "o",
+            "--processed_min_timestep",
+            "500",
+            "--processed_max_timestep",
+            "400",
+        ])
+        .unwrap()
+        .into_options()
+        .unwrap();
+        let e = bad.processed_train.validate("processed LoRAs").unwrap_err();
+        assert!(e.to_string().contains("--min_timestep"), "{e}");
     }
 
     #[test]

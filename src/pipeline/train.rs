@@ -42,6 +42,10 @@ pub struct TrainOptions {
     pub min_snr_gamma: Option<f32>,
     /// `--noise_offset`.
     pub noise_offset: Option<f32>,
+    /// `--min_timestep` (None: 0).
+    pub min_timestep: Option<usize>,
+    /// `--max_timestep` (None: the schedule's length; timesteps are drawn from `min..max`).
+    pub max_timestep: Option<usize>,
     /// `--caption_dropout_rate`.
     pub caption_dropout_rate: f32,
     /// Fraction of steps on a random demo caption (the copier effect needs other prompts to learn the image).
@@ -76,6 +80,8 @@ impl Default for TrainOptions {
             max_grad_norm: 1.0,
             min_snr_gamma: None,
             noise_offset: None,
+            min_timestep: None,
+            max_timestep: None,
             caption_dropout_rate: 0.25,
             random_caption_rate: 0.5,
             shuffle_caption: true,
@@ -115,6 +121,17 @@ impl TrainOptions {
                 "each in [0, 1], their sum at most 1",
             );
         }
+        if let (Some(lo), Some(hi)) = (self.min_timestep, self.max_timestep) {
+            if lo >= hi {
+                return bad(
+                    "--min_timestep / --max_timestep",
+                    "the smallest timestep must be below the largest",
+                );
+            }
+        }
+        if self.max_timestep == Some(0) {
+            return bad("--max_timestep", "must be at least 1");
+        }
         ScheduleKind::parse(&self.lr_scheduler)
             .map_err(|e| Error::option(format!("--lr_scheduler ({what})"), e.to_string()))?;
         Ok(())
@@ -143,6 +160,8 @@ impl TrainOptions {
             max_grad_norm: self.max_grad_norm,
             min_snr_gamma: self.min_snr_gamma,
             noise_offset: self.noise_offset,
+            min_timestep: self.min_timestep,
+            max_timestep: self.max_timestep,
             captions: CaptionConfig {
                 shuffle_caption: self.shuffle_caption,
                 keep_tokens: self.keep_tokens,

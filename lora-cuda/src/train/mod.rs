@@ -116,6 +116,11 @@ pub struct TrainConfig {
     pub min_snr_gamma: Option<f32>,
     /// `--noise_offset`.
     pub noise_offset: Option<f32>,
+    /// `--min_timestep`: the smallest training timestep (None: 0).
+    pub min_timestep: Option<usize>,
+    /// `--max_timestep`: training timesteps are below this (None: the schedule's length). As in sd-scripts,
+    /// timesteps are drawn uniformly from `min..max`.
+    pub max_timestep: Option<usize>,
     /// Caption handling.
     pub captions: CaptionConfig,
     /// `--seed`.
@@ -134,6 +139,18 @@ pub struct TrainConfig {
     pub micro_batches: usize,
 }
 
+impl TrainConfig {
+    /// The training timesteps, `min..max` (sd-scripts' `--min_timestep` / `--max_timestep` defaults: the whole
+    /// schedule).
+    pub fn timestep_range(&self) -> (usize, usize) {
+        (
+            self.min_timestep.unwrap_or(0),
+            self.max_timestep
+                .unwrap_or(self.schedule.num_train_timesteps),
+        )
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -147,6 +164,8 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             min_snr_gamma: None,
             noise_offset: None,
+            min_timestep: None,
+            max_timestep: None,
             captions: CaptionConfig::default(),
             seed: 0,
             prediction: Prediction::Epsilon,
@@ -198,6 +217,7 @@ pub struct Trainer {
     rng: Rng,
     lctx: LoraContext,
     step: u64,
+    last_timesteps: Vec<usize>,
     unet_ids: Vec<ParamId>,
     te_ids: Vec<ParamId>,
 }
@@ -224,6 +244,16 @@ impl Trainer {
             return Err(Error::InvalidArgument {
                 what: "--caption_dropout_rate / random caption rate".into(),
                 msg: "each must be in [0, 1] and their sum at most 1".into(),
+            });
+        }
+        let (t0, t1) = cfg.timestep_range();
+        if t0 >= t1 || t1 > cfg.schedule.num_train_timesteps {
+            return Err(Error::InvalidArgument {
+                what: "--min_timestep / --max_timestep".into(),
+                msg: format!(
+                    "need min < max <= {} (the schedule's timesteps); got {t0}..{t1}",
+                    cfg.schedule.num_train_timesteps
+                ),
             });
         }
         if tokenizer.vocab_size() > model.te.vocab_size {
@@ -290,9 +320,15 @@ impl Trainer {
             rng,
             lctx,
             step: 0,
+            last_timesteps: Vec::new(),
             unet_ids,
             te_ids,
         })
+    }
+
+    /// The noise timesteps of the last step's batch, one per sample.
+    pub fn last_timesteps(&self) -> &[usize] {
+        &self.last_timesteps
     }
 
     /// Steps done so far.
@@ -437,6 +473,7 @@ impl Trainer {
         let mut target = Vec::with_capacity(n * per);
         let mut ts = Vec::with_capacity(n);
         let mut weights = Vec::with_capacity(n);
+        self.last_timesteps.clear();
         for item in batch {
             let mut noise = self.rng.normal_vec(per);
             if let Some(off) = self.cfg.noise_offset {
@@ -447,7 +484,9 @@ impl Trainer {
                     }
                 }
             }
-            let t = self.rng.below(sched.num_train_timesteps);
+            let (t0, t1) = self.cfg.timestep_range();
+            let t = t0 + self.rng.below(t1 - t0);
+            self.last_timesteps.push(t);
             xt.extend(sched.add_noise(&item.pixels, &noise, t));
             target.extend(sched.target(&item.pixels, &noise, t, self.cfg.prediction));
             ts.push(t as f32);
@@ -758,6 +797,30 @@ mod tests {
     }
 
     #[test]
+    fn timesteps_are_drawn_from_the_min_max_range() {
+        let model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 4).unwrap();
+        let cfg = TrainConfig {
+            max_train_steps: 6,
+            train_batch_size: 3,
+            min_timestep: Some(100),
+            max_timestep: Some(110),
+            ..TrainConfig::default()
+        };
+        let mut t =
+            Trainer::new(model, Trainable::Full, vec![], WordTokenizer::demo(), cfg).unwrap();
+        let mut seen = Vec::new();
+        t.run(&data(3), |t, _| {
+            seen.extend_from_slice(t.last_timesteps());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 18);
+        assert!(seen.iter().all(|&s| (100..110).contains(&s)), "{seen:?}");
+        // Not one value: the range is sampled.
+        assert!(seen.iter().any(|&s| s != seen[0]), "{seen:?}");
+    }
+
+    #[test]
     fn bad_settings_are_errors() {
         let model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 4).unwrap();
         let cfg = TrainConfig {
@@ -772,6 +835,25 @@ mod tests {
             cfg
         )
         .is_err());
+        for (lo, hi) in [
+            (Some(500), Some(500)),
+            (None, Some(1001)),
+            (Some(700), Some(600)),
+        ] {
+            let cfg = TrainConfig {
+                min_timestep: lo,
+                max_timestep: hi,
+                ..TrainConfig::default()
+            };
+            let e = Trainer::new(
+                model.clone(),
+                Trainable::Full,
+                vec![],
+                WordTokenizer::demo(),
+                cfg,
+            );
+            assert!(e.is_err(), "{lo:?}..{hi:?} accepted");
+        }
         let mut cfg = TrainConfig::default();
         cfg.captions.caption_dropout_rate = 0.8;
         cfg.captions.random_caption_rate = 0.5;

@@ -76,6 +76,10 @@ pub struct TrainNetworkArgs {
     pub random_captions: Vec<String>,
     /// `--noise_offset`.
     pub noise_offset: Option<f32>,
+    /// `--min_timestep` (None: 0).
+    pub min_timestep: Option<usize>,
+    /// `--max_timestep` (None: the schedule's length; timesteps are drawn from `min..max`).
+    pub max_timestep: Option<usize>,
     /// `--mixed_precision` ("no", "fp16", "bf16").
     pub mixed_precision: String,
     /// `--save_precision` ("float", "fp16", "bf16"; None keeps f32).
@@ -128,6 +132,8 @@ impl Default for TrainNetworkArgs {
             random_caption_rate: 0.0,
             random_captions: Vec::new(),
             noise_offset: None,
+            min_timestep: None,
+            max_timestep: None,
             mixed_precision: "no".into(),
             save_precision: None,
             save_every_n_steps: None,
@@ -353,6 +359,8 @@ pub fn train_network_on(
         max_grad_norm: args.max_grad_norm,
         min_snr_gamma: args.min_snr_gamma,
         noise_offset: args.noise_offset,
+        min_timestep: args.min_timestep,
+        max_timestep: args.max_timestep,
         captions: CaptionConfig {
             shuffle_caption: args.shuffle_caption,
             keep_tokens: args.keep_tokens,
