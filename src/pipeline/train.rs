@@ -75,7 +75,7 @@ impl Default for TrainOptions {
             text_encoder_lr: None,
             lr_scheduler: "constant_with_warmup".into(),
             lr_warmup_steps: 20,
-            max_train_steps: 400,
+            max_train_steps: 320,
             train_batch_size: 4,
             max_grad_norm: 1.0,
             min_snr_gamma: None,
