@@ -257,7 +257,9 @@ pub fn check_text(m: &LoadedModel, text: &str, flag: &str) -> Result<()> {
 /// The report's step-time rows: the finished steps recorded in the output folder, in step order, then the
 /// running step's own time so far (`running`: its label and start).
 pub fn step_times(out: &OutDir, running: &str, started: Instant) -> Vec<(String, f64)> {
-    let number = |k: &str| k.split(' ').next().map(str::to_string);
+    fn number(k: &str) -> Option<&str> {
+        k.split(' ').next()
+    }
     // A time recorded for this same step by an earlier run (its outputs since removed) is not this run's.
     let mut steps: Vec<(String, f64)> = out
         .step_seconds()

@@ -86,9 +86,20 @@ fn sample_chunk(
             msg: format!("the U-Net works on {} latent channels; only pixel-space (3-channel) models can be sampled here", model.unet.in_channels),
         });
     }
-    let side = model.unet.sample_size;
-    let params: Vec<SampleParams> = jobs
-        .iter()
+    Ok(sample_many(
+        model,
+        &m.tokenizer,
+        &m.schedule,
+        m.prediction,
+        nets,
+        &sample_params(m, jobs, st),
+    )?)
+}
+
+/// The sampler's parameters of each job at the model's size.
+fn sample_params(m: &LoadedModel, jobs: &[Job], st: &SampleSettings) -> Vec<SampleParams> {
+    let side = m.model.unet.sample_size;
+    jobs.iter()
         .map(|j| SampleParams {
             prompt: j.prompt.clone(),
             negative_prompt: String::new(),
@@ -99,15 +110,7 @@ fn sample_chunk(
             width: side,
             height: side,
         })
-        .collect();
-    Ok(sample_many(
-        model,
-        &m.tokenizer,
-        &m.schedule,
-        m.prediction,
-        nets,
-        &params,
-    )?)
+        .collect()
 }
 
 /// The model's picture as an `image` crate image.
@@ -184,26 +187,13 @@ mod tests {
         };
         let merged = sample_jobs(&m, &[&net], &jobs, &st).unwrap();
         let plain = sample_jobs(&m, &[], &jobs, &st).unwrap();
-        let params: Vec<SampleParams> = jobs
-            .iter()
-            .map(|j| SampleParams {
-                prompt: j.prompt.clone(),
-                negative_prompt: String::new(),
-                seed: j.seed,
-                steps: 3,
-                scale: st.scale,
-                sampler: st.sampler,
-                width: m.model.unet.sample_size,
-                height: m.model.unet.sample_size,
-            })
-            .collect();
         let unmerged = sample_many(
             &m.model,
             &m.tokenizer,
             &m.schedule,
             m.prediction,
             &[&net],
-            &params,
+            &sample_params(&m, &jobs, &st),
         )
         .unwrap();
         assert!(

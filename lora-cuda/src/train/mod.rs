@@ -474,6 +474,7 @@ impl Trainer {
         let mut ts = Vec::with_capacity(n);
         let mut weights = Vec::with_capacity(n);
         self.last_timesteps.clear();
+        let (t0, t1) = self.cfg.timestep_range();
         for item in batch {
             let mut noise = self.rng.normal_vec(per);
             if let Some(off) = self.cfg.noise_offset {
@@ -484,7 +485,6 @@ impl Trainer {
                     }
                 }
             }
-            let (t0, t1) = self.cfg.timestep_range();
             let t = t0 + self.rng.below(t1 - t0);
             self.last_timesteps.push(t);
             xt.extend(sched.add_noise(&item.pixels, &noise, t));
