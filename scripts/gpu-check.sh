@@ -17,7 +17,7 @@ build)
   source scripts/setup.sh
   rm -rf "$OUT" && mkdir -p "$OUT/bin" "$OUT/lib"
   # Test binaries: cargo prints their paths as JSON; keep the gpu_* ones.
-  cargo test -p lora-cuda --release --no-run --test gpu_parity --test gpu_ops --message-format=json 2>/dev/null |
+  cargo test -p lora-cuda --release --no-run --test gpu_parity --test gpu_ops --test gpu_model --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:
     try: m=json.loads(l)
@@ -66,7 +66,7 @@ run)
     echo '```'
   } >>"$log"
   status=0
-  for t in "$OUT"/bin/gpu_parity "$OUT"/bin/gpu_ops; do
+  for t in "$OUT"/bin/gpu_parity "$OUT"/bin/gpu_ops "$OUT"/bin/gpu_model; do
     [ -x "$t" ] || continue
     tlog="$(mktemp)"
     "$t" --test-threads=1 >"$tlog" 2>&1 || status=1

@@ -170,6 +170,15 @@ impl ParamStore {
         }
         Ok(())
     }
+
+    /// The device of the parameters (the first one's; the CPU for an empty store). [`ParamStore::to_device`]
+    /// keeps them together.
+    pub fn device(&self) -> crate::Device {
+        self.params
+            .first()
+            .map(|p| p.value.device())
+            .unwrap_or_default()
+    }
 }
 
 /// Gradients of trainable parameters, from [`Graph::backward`].

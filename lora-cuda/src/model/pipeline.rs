@@ -176,7 +176,7 @@ pub fn sample_many(
         }
         let mut g = Graph::inference();
         let mut ctx = LoraContext::eval(1.0);
-        let xv = g.input(Tensor::from_vec(batch, &[nb, c, h, w])?);
+        let xv = g.input(Tensor::from_vec(batch, &[nb, c, h, w])?.to_device(&context.device())?);
         let cv = g.input(context.clone());
         let y = model.unet_forward(&mut g, nets, &mut ctx, xv, &vec![t as f32; nb], cv)?;
         let out = g.value(y)?.to_vec_f32()?;

@@ -54,6 +54,11 @@ pub fn timestep_embedding(timesteps: &[f32], dim: usize) -> Vec<f32> {
 }
 
 impl SdModel {
+    /// Where the weights live (see [`ParamStore::to_device`]).
+    pub fn device(&self) -> crate::Device {
+        self.store.device()
+    }
+
     /// A model with freshly initialised weights (torch's default init: U(±1/√fan_in) for Linear/Conv weights
     /// and biases, N(0, 0.02) embeddings, unit norms). All parameters are trainable.
     pub fn new_random(unet: UNetConfig, te: ClipConfig, seed: u64) -> Result<Self> {
@@ -183,10 +188,11 @@ impl SdModel {
             ctx,
         };
         let c0 = cfg.block_out_channels[0];
-        let temb_in = f.g.input(Tensor::from_vec(
-            timestep_embedding(timesteps, c0),
-            &[n, c0],
-        )?);
+        // Built on the host; goes where the input lives (the model's device).
+        let dev = f.g.value(x)?.device();
+        let temb_in = f
+            .g
+            .input(Tensor::from_vec(timestep_embedding(timesteps, c0), &[n, c0])?.to_device(&dev)?);
         let t1 = f.linear("time_embedding.linear_1", temb_in, true)?;
         let t1 = f.g.silu(t1)?;
         let temb = f.linear("time_embedding.linear_2", t1, true)?;

@@ -326,6 +326,25 @@ impl Trainer {
         })
     }
 
+    /// Moves the model, the trained network and the `base_nets` to a device; training then runs there (the
+    /// batches are built on the host and copied over each step). The optimiser's moments stay on the host
+    /// (see [`AdamW`]).
+    pub fn to_device(&mut self, device: &crate::Device) -> Result<()> {
+        self.model.store.to_device(device)?;
+        if let Trainable::Lora(net) = &mut self.trainable {
+            net.store.to_device(device)?;
+        }
+        for n in &mut self.base_nets {
+            n.store.to_device(device)?;
+        }
+        Ok(())
+    }
+
+    /// Where training runs: the model's device.
+    pub fn device(&self) -> crate::Device {
+        self.model.device()
+    }
+
     /// The noise timesteps of the last step's batch, one per sample.
     pub fn last_timesteps(&self) -> &[usize] {
         &self.last_timesteps
@@ -431,8 +450,9 @@ impl Trainer {
             let cv = self.model.te_forward(&mut gi, &nets, &mut ectx, ids)?;
             g.input(gi.value(cv)?.clone())
         };
-        let xv = g.input(Tensor::from_vec(xt, &[n, c, side, side])?);
-        let tv = g.input(Tensor::from_vec(target, &[n, c, side, side])?);
+        let dev = self.device();
+        let xv = g.input(Tensor::from_vec(xt, &[n, c, side, side])?.to_device(&dev)?);
+        let tv = g.input(Tensor::from_vec(target, &[n, c, side, side])?.to_device(&dev)?);
         let pred = self
             .model
             .unet_forward(&mut g, &nets, lctx, xv, ts, context)?;
@@ -495,7 +515,12 @@ impl Trainer {
                 None => 1.0,
             });
         }
-        let parts = self.cfg.micro_batches.clamp(1, n);
+        // Micro-batches on threads are a CPU device's way to use its cores; a GPU runs the batch at once.
+        let parts = if self.device().is_cpu() {
+            self.cfg.micro_batches.clamp(1, n)
+        } else {
+            1
+        };
         let (mut grads, lv) = if parts == 1 {
             let mut lctx = std::mem::replace(&mut self.lctx, LoraContext::eval(1.0));
             let r = self.micro_batch_grads(&mut lctx, &ids, xt, target, &ts, &weights, [c, side]);
@@ -590,7 +615,8 @@ fn weighted_mse(g: &mut Graph, pred: Var, target: Var, weights: &[f32]) -> Resul
     let sq = g.mul(d, d)?;
     let per = g.mean_over(sq, 1)?;
     let shape = g.shape(per)?;
-    let w = g.input(Tensor::from_vec(weights.to_vec(), &shape)?);
+    let dev = g.value(per)?.device();
+    let w = g.input(Tensor::from_vec(weights.to_vec(), &shape)?.to_device(&dev)?);
     let wl = g.mul(per, w)?;
     g.mean(wl)
 }

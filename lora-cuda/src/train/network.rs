@@ -233,17 +233,11 @@ pub fn train_network_on(
             format!("{:?} (expected no, fp16 or bf16)", args.mixed_precision),
         ));
     }
-    match args.device.as_str() {
-        "cpu" => {}
-        "cuda" => {
-            crate::Device::cuda(0)?;
-            return Err(bad(
-                "--device cuda",
-                "the model's CUDA path is not wired yet in this build; use --device cpu",
-            ));
-        }
+    let device = match args.device.as_str() {
+        "cpu" => crate::Device::Cpu,
+        "cuda" => crate::Device::cuda(0)?,
         o => return Err(bad("--device", format!("{o:?} (expected cpu or cuda)"))),
-    }
+    };
     let save_precision = args
         .save_precision
         .as_deref()
@@ -382,6 +376,7 @@ pub fn train_network_on(
         tokenizer,
         cfg,
     )?;
+    trainer.to_device(&device)?;
 
     // ---- train
     let mut step_files = Vec::new();
@@ -727,8 +722,35 @@ mod tests {
                 base_weights_multiplier: vec![1.0],
                 ..args.clone()
             },
+            TrainNetworkArgs {
+                device: "tpu".into(),
+                ..args.clone()
+            },
         ] {
             assert!(train_network(&bad_args, data.clone(), |_| panic!("must not train")).is_err());
+        }
+        // --device cuda: trains there where a GPU exists; elsewhere a typed error before any work.
+        let on_cuda = TrainNetworkArgs {
+            device: "cuda".into(),
+            output_name: "copier_cuda".into(),
+            save_every_n_steps: None,
+            ..args.clone()
+        };
+        match crate::Device::cuda(0) {
+            Ok(_) => {
+                let o = train_network(&on_cuda, data.clone(), |_| {}).unwrap();
+                let g = lora_core::LoraFile::load(&o.output).unwrap();
+                let names = |f: &lora_core::LoraFile| -> Vec<String> {
+                    f.modules.iter().map(|m| m.name.clone()).collect()
+                };
+                assert_eq!(names(&g), names(&f));
+            }
+            Err(e) => {
+                eprintln!("SKIPPED the train_network --device cuda run: no CUDA device ({e}); checked its error instead");
+                let r = train_network(&on_cuda, data.clone(), |_| panic!("must not train"));
+                assert!(matches!(r, Err(Error::CudaUnavailable { .. })), "{r:?}");
+                assert!(!dir.join("out/copier_cuda.safetensors").exists());
+            }
         }
         let unknown = vec![TrainItem {
             caption: "a unicorn".into(),
