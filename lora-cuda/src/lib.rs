@@ -71,7 +71,9 @@
 //!   warp shuffles and atomics emulated), and compares every kernel with the CPU reference on small and
 //!   odd shapes.
 //! * `tests/gpu_parity.rs` and `tests/gpu_ops.rs` run the same cases on a GPU where there is one and
-//!   print `SKIPPED ...: no CUDA device (reason)` otherwise. `scripts/gpu-check.sh` runs them, with the
+//!   print `SKIPPED ...: no CUDA device (reason)` otherwise; `tests/gpu_model.rs` does the same for the
+//!   model: LoRA training steps ([`train::Trainer::to_device`], `train_network --device cuda`) and
+//!   sampling on the GPU against the CPU. `scripts/gpu-check.sh` runs them, with the
 //!   kernel benchmarks, on a GPU machine and appends the figures to `docs/gpu-results.md`.
 //!
 //! GPU-only code (not run by the emulation; each place has a scalar twin behind the same `#if`):
