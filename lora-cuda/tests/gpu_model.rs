@@ -8,18 +8,9 @@ use lora_cuda::model::{ClipConfig, LoraNetwork, LoraSpec, SdModel, UNetConfig};
 use lora_cuda::optim::AdamWConfig;
 use lora_cuda::sched::{NoiseSchedule, Prediction, SamplerKind};
 use lora_cuda::train::{CaptionConfig, TrainConfig, TrainItem, Trainable, Trainer};
-use lora_cuda::Device;
 
-fn gpu(name: &str) -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED {name}: no CUDA device ({e})");
-            None
-        }
-    }
-}
+mod cuda_or_skip;
+use cuda_or_skip::cuda_or_skip as gpu;
 
 fn trainer(steps: u64) -> (Trainer, Vec<TrainItem>) {
     let model = SdModel::new_random(UNetConfig::tiny(), ClipConfig::tiny(), 21).unwrap();

@@ -6,16 +6,8 @@ use lora_cuda::{DType, Device, Graph, LoraAdapter, LoraConfig, LoraContext, Para
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-fn gpu(name: &str) -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED {name}: no CUDA device ({e})");
-            None
-        }
-    }
-}
+mod cuda_or_skip;
+use cuda_or_skip::cuda_or_skip as gpu;
 
 fn close(what: &str, gpu: &Tensor, cpu: &Tensor, tol: f32) {
     assert_eq!(gpu.shape(), cpu.shape(), "{what}: shape");
