@@ -192,7 +192,8 @@ pub struct CommonArgs {
     /// With no base checkpoint at hand: seeded random-init stand-ins of this config (demo or tiny).
     #[arg(long)]
     pub init_random: Option<String>,
-    /// Prompt of the original image (default: a random demo caption from --seed).
+    /// Prompt of the original image (default: "purple square, large, center, gradient background, shaded";
+    /// further images with --images: random demo captions from --seed).
     #[arg(long)]
     pub prompt: Option<String>,
     /// Noise seed of the original image.

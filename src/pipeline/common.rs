@@ -17,6 +17,11 @@ use crate::error::{Error, Result};
 pub const DEFAULT_BASE_A: &str = "assets/demo_base_a.safetensors";
 /// Default path of demo base model B.
 pub const DEFAULT_BASE_B: &str = "assets/demo_base_b.safetensors";
+/// Default prompt of the (first) original image. Chosen so that every default effect has something to
+/// change: a shaded shape (flatten), no outline (outline), a gradient background (posterize, contrast).
+/// An original that is already flat and outlined gave the processed LoRAs little to learn
+/// (docs/copier-results.md, session 7).
+pub const DEFAULT_PROMPT: &str = "purple square, large, center, gradient background, shaded";
 
 /// Progress bars: one for the whole run (with the total ETA), one per step.
 pub struct Progress {

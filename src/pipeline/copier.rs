@@ -20,7 +20,7 @@ use lora_cuda::train::TrainItem;
 
 use super::common::{
     base_sources, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
-    step_times, BaseSource, Progress,
+    step_times, BaseSource, Progress, DEFAULT_PROMPT,
 };
 use super::effects::{parse_effects, EffectSpec, MetricSet};
 use super::eval::{
@@ -128,7 +128,8 @@ pub struct CopierOptions {
     pub ckpt_b: Option<PathBuf>,
     /// `--init_random CONFIG`: when no base checkpoint exists, use seeded random-init models of this config.
     pub init_random: Option<String>,
-    /// `--prompt` (default: a random demo caption from the seed).
+    /// `--prompt` (default: [`DEFAULT_PROMPT`](super::common::DEFAULT_PROMPT) for the first image, a random
+    /// demo caption from the seed and the image's number for the others).
     pub prompt: Option<String>,
     /// `--seed`: the original image's noise seed.
     pub seed: u64,
@@ -477,6 +478,7 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
     let prompts: Vec<String> = (0..n_img)
         .map(|i| match &o.prompt {
             Some(p) => p.clone(),
+            None if i == 0 => DEFAULT_PROMPT.to_string(),
             None => {
                 let mut r = Rng::derived(o.seed + i as u64, 0x0819);
                 lora_cuda::demo::Scene::random(&mut r).caption()

@@ -17,11 +17,10 @@ use std::time::Instant;
 
 use image::DynamicImage;
 use lora_core::LoraFile;
-use lora_cuda::sched::Rng;
 
 use super::common::{
     base_sources, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
-    step_times, BaseSource, Progress,
+    step_times, BaseSource, Progress, DEFAULT_PROMPT,
 };
 use super::copier::{item, load_png, lora_meta, rgb_png, train_many, EvalOptions, RunSummary};
 use super::effects::{parse_effects, EffectSpec, MetricSet};
@@ -91,7 +90,7 @@ pub struct DiffExtractOptions {
     pub ckpt_b: Option<PathBuf>,
     /// `--init_random CONFIG` when no base checkpoint exists.
     pub init_random: Option<String>,
-    /// `--prompt`.
+    /// `--prompt` (default: [`DEFAULT_PROMPT`](super::common::DEFAULT_PROMPT)).
     pub prompt: Option<String>,
     /// `--seed`.
     pub seed: u64,
@@ -253,9 +252,10 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
         _ => None,
     };
     let side = base_a.image_side();
-    let prompt = o.prompt.clone().unwrap_or_else(|| {
-        lora_cuda::demo::Scene::random(&mut Rng::derived(o.seed, 0x0819)).caption()
-    });
+    let prompt = o
+        .prompt
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PROMPT.to_string());
     let caption = o.caption.clone().unwrap_or_else(|| prompt.clone());
     check_text(&base_a, &prompt, "--prompt")?;
     check_text(&base_a, &caption, "--caption")?;
