@@ -100,6 +100,9 @@ pub struct TrainArgs {
     /// Learning rate of the processed LoRAs (default: --learning_rate).
     #[arg(long)]
     pub processed_learning_rate: Option<f64>,
+    /// LR schedule of the processed LoRAs (default: --lr_scheduler).
+    #[arg(long)]
+    pub processed_lr_scheduler: Option<String>,
     /// Smallest training timestep of the processed LoRAs (default: --min_timestep).
     #[arg(long)]
     pub processed_min_timestep: Option<usize>,
@@ -155,6 +158,10 @@ impl TrainArgs {
             network_dim: self.processed_network_dim.unwrap_or(self.network_dim),
             network_alpha: self.processed_network_alpha.unwrap_or(self.network_alpha),
             learning_rate: self.processed_learning_rate.unwrap_or(self.learning_rate),
+            lr_scheduler: self
+                .processed_lr_scheduler
+                .clone()
+                .unwrap_or_else(|| self.lr_scheduler.clone()),
             max_train_steps: self
                 .processed_max_train_steps
                 .unwrap_or(processed_steps_default),
@@ -485,15 +492,36 @@ mod tests {
         assert_eq!(o.eval.strengths, vec![-1.0, 0.0, 1.0]);
     }
 
+    /// `copier --out o` and these flags, as options.
+    fn copier_options(extra: &[&str]) -> CopierOptions {
+        let mut args = vec!["copier", "--out", "o"];
+        args.extend_from_slice(extra);
+        CopierArgs::try_parse_from(args)
+            .unwrap()
+            .into_options()
+            .unwrap()
+    }
+
+    #[test]
+    fn lr_schedules_reach_the_loras_they_name() {
+        let parse = |extra: &[&str]| {
+            let o = copier_options(extra);
+            (o.copier_train.lr_scheduler, o.processed_train.lr_scheduler)
+        };
+        assert_eq!(
+            parse(&["--lr_scheduler", "linear"]),
+            ("linear".to_string(), "linear".to_string())
+        );
+        assert_eq!(
+            parse(&["--processed_lr_scheduler", "cosine"]),
+            ("constant_with_warmup".to_string(), "cosine".to_string())
+        );
+    }
+
     #[test]
     fn timestep_ranges_reach_the_loras_they_name() {
         let parse = |extra: &[&str]| {
-            let mut args = vec!["copier", "--out", "o"];
-            args.extend_from_slice(extra);
-            let o = CopierArgs::try_parse_from(args)
-                .unwrap()
-                .into_options()
-                .unwrap();
+            let o = copier_options(extra);
             (
                 (o.copier_train.min_timestep, o.copier_train.max_timestep),
                 (
