@@ -189,6 +189,129 @@ pub fn configs(name: &str, flag: &str) -> Result<(UNetConfig, ClipConfig)> {
     }
 }
 
+/// The base models as both pipelines take them: checkpoint files are loaded and checked before the output
+/// folder is touched (so bad input fails before any work); random-init stand-ins are made into the folder once
+/// it is open ([`Bases::into_models`]).
+pub struct Bases {
+    /// Where base A comes from.
+    pub a_src: BaseSource,
+    /// Where base B comes from, if there is one.
+    pub b_src: Option<BaseSource>,
+    a_file: Option<LoadedModel>,
+    b_file: Option<LoadedModel>,
+}
+
+impl Bases {
+    /// Resolves `--ckpt`, `--ckpt_b` and `--init_random` ([`base_sources`]) and loads the checkpoint files;
+    /// checks that base B has base A's architecture, and that the texts (each with its flag) and the given image
+    /// suit base A.
+    pub fn load(
+        ckpt: Option<&Path>,
+        ckpt_b: Option<&Path>,
+        init_random: Option<&str>,
+        texts: &[(Option<&String>, &str)],
+        image: Option<&Path>,
+    ) -> Result<Bases> {
+        let (a_src, b_src) = base_sources(ckpt, ckpt_b, init_random)?;
+        let a_file = match &a_src {
+            BaseSource::File(p) => Some(load_model(p)?),
+            _ => None,
+        };
+        let b_file = match &b_src {
+            Some(BaseSource::File(p)) => Some(load_model(p)?),
+            _ => None,
+        };
+        if let (Some(a), Some(b)) = (&a_file, &b_file) {
+            if a.model.unet != b.model.unet || a.model.te != b.model.te {
+                return Err(Error::Checkpoint {
+                    path: b.path.clone(),
+                    msg:
+                        "base B has another architecture than base A: the LoRAs cannot apply to it"
+                            .into(),
+                });
+            }
+        }
+        if let Some(a) = &a_file {
+            for (text, flag) in texts {
+                if let Some(t) = text {
+                    check_text(a, t, flag)?;
+                }
+            }
+            if let Some(img) = image {
+                load_original(img, a.image_side())?;
+            }
+        }
+        Ok(Bases {
+            a_src,
+            b_src,
+            a_file,
+            b_file,
+        })
+    }
+
+    /// The manifest's fingerprint: the bases (a file by its path and SHA-256) and the options that change the
+    /// outputs, as given (the caller clears those that do not).
+    pub fn fingerprint(&self, options: &impl std::fmt::Debug) -> String {
+        let src = |s: &BaseSource| match s {
+            BaseSource::File(p) => format!(
+                "file {} sha256 {}",
+                p.display(),
+                lora_core::sha256_file(p).unwrap_or_default()
+            ),
+            BaseSource::Random { config, seed } => format!("random {config} seed {seed}"),
+        };
+        format!(
+            "base A: {}\nbase B: {}\n{options:#?}",
+            src(&self.a_src),
+            self.b_src
+                .as_ref()
+                .map(src)
+                .unwrap_or_else(|| "none".into())
+        )
+    }
+
+    /// The report's notes on the bases: random-init stand-ins, no base B.
+    pub fn notes(&self) -> Vec<String> {
+        let mut n = Vec::new();
+        if matches!(self.a_src, BaseSource::Random { .. }) {
+            n.push("no demo base checkpoint was found, so base A and B are seeded random-init models (`--init_random`): the steps run as designed but the images are not meaningful pictures; give `--ckpt`/`--ckpt_b` for real results.".into());
+        }
+        if self.b_src.is_none() {
+            n.push("no base B was given (`--ckpt_b`): effects are measured on base A only.".into());
+        }
+        n
+    }
+
+    /// Base A and (if any) base B: the loaded files, or the stand-ins made into `out` ([`materialise`]).
+    pub fn into_models(self, out: &mut OutDir) -> Result<(LoadedModel, Option<LoadedModel>)> {
+        let a = match self.a_file {
+            Some(m) => m,
+            None => materialise(&self.a_src, out, "base_a.safetensors")?,
+        };
+        let b = match (self.b_file, &self.b_src) {
+            (Some(m), _) => Some(m),
+            (None, Some(src)) => Some(materialise(src, out, "base_b.safetensors")?),
+            _ => None,
+        };
+        Ok((a, b))
+    }
+}
+
+/// A given original image needs a training caption: `--caption`, or the `--prompt` whose tags stand in.
+pub fn check_given_image(
+    image: Option<&Path>,
+    caption: Option<&String>,
+    prompt: Option<&String>,
+) -> Result<()> {
+    if image.is_some() && caption.is_none() && prompt.is_none() {
+        return Err(Error::option(
+            "--image",
+            "a given image needs --caption (or --prompt) for its training caption",
+        ));
+    }
+    Ok(())
+}
+
 /// Loads a base model: a file, or a random-init model written to `out_rel` in the output folder.
 pub fn materialise(src: &BaseSource, out: &mut OutDir, out_rel: &str) -> Result<LoadedModel> {
     match src {

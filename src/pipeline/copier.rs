@@ -19,8 +19,8 @@ use lora_cuda::sched::Rng;
 use lora_cuda::train::TrainItem;
 
 use super::common::{
-    base_sources, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
-    step_times, BaseSource, Progress, DEFAULT_PROMPT,
+    check_given_image, check_text, eval_prompts, load_original, random_captions, run_step,
+    step_times, Bases, Progress, DEFAULT_PROMPT,
 };
 use super::effects::{parse_effects, EffectSpec, MetricSet};
 use super::eval::{
@@ -55,6 +55,17 @@ pub struct EvalOptions {
 }
 
 impl EvalOptions {
+    /// Checks the counts (before any work).
+    pub fn validate(&self) -> Result<()> {
+        if self.prompts == 0 || self.seeds == 0 {
+            return Err(Error::option(
+                "--eval_prompts / --eval_seeds",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
     /// The plan [`evaluate`] follows for these options.
     pub fn plan<'a>(
         &'a self,
@@ -231,8 +242,8 @@ pub struct RunSummary {
     pub stopped_after: Option<u32>,
 }
 
-/// The canonical text of the settings that change the outputs (the manifest's fingerprint).
-fn fingerprint(o: &CopierOptions, a: &BaseSource, b: &Option<BaseSource>) -> String {
+/// The options that change the outputs (the rest cleared), for the manifest's fingerprint.
+fn fingerprint_options(o: &CopierOptions) -> CopierOptions {
     let mut c = o.clone();
     c.out = PathBuf::new();
     c.stop_after = None;
@@ -240,26 +251,13 @@ fn fingerprint(o: &CopierOptions, a: &BaseSource, b: &Option<BaseSource>) -> Str
     c.jobs = 0;
     c.ckpt = None;
     c.ckpt_b = None;
-    let src = |s: &BaseSource| match s {
-        BaseSource::File(p) => format!(
-            "file {} sha256 {}",
-            p.display(),
-            lora_core::sha256_file(p).unwrap_or_default()
-        ),
-        BaseSource::Random { config, seed } => format!("random {config} seed {seed}"),
-    };
-    format!(
-        "base A: {}\nbase B: {}\n{c:#?}",
-        src(a),
-        b.as_ref().map(src).unwrap_or_else(|| "none".into())
-    )
+    c
 }
 
 /// Checked inputs, before any work.
 struct Plan {
     effects: Vec<EffectSpec>,
-    a_src: BaseSource,
-    b_src: Option<BaseSource>,
+    bases: Bases,
 }
 
 fn validate(o: &CopierOptions) -> Result<Plan> {
@@ -275,12 +273,7 @@ fn validate(o: &CopierOptions) -> Result<Plan> {
             "one given image makes one original: use --images 1",
         ));
     }
-    if o.image.is_some() && o.caption.is_none() && o.prompt.is_none() {
-        return Err(Error::option(
-            "--image",
-            "a given image needs --caption (or --prompt) for its training caption",
-        ));
-    }
+    check_given_image(o.image.as_deref(), o.caption.as_ref(), o.prompt.as_ref())?;
     if o.extract.is_some() && !o.merge_processed {
         return Err(Error::option(
             "--extract",
@@ -293,12 +286,7 @@ fn validate(o: &CopierOptions) -> Result<Plan> {
             "ranks must be at least 1",
         ));
     }
-    if o.eval.prompts == 0 || o.eval.seeds == 0 {
-        return Err(Error::option(
-            "--eval_prompts / --eval_seeds",
-            "must be at least 1",
-        ));
-    }
+    o.eval.validate()?;
     if !o.eval.strengths.iter().any(|&s| (s - 1.0).abs() < 1e-6)
         || !o.eval.strengths.iter().any(|&s| (s + 1.0).abs() < 1e-6)
     {
@@ -307,16 +295,18 @@ fn validate(o: &CopierOptions) -> Result<Plan> {
             "must include −1 and +1 (the verdicts use them)",
         ));
     }
-    let (a_src, b_src) = base_sources(
+    // Load what can be loaded before touching the folder, so bad input fails before any work.
+    let bases = Bases::load(
         o.ckpt.as_deref(),
         o.ckpt_b.as_deref(),
         o.init_random.as_deref(),
+        &[
+            (o.prompt.as_ref(), "--prompt"),
+            (o.caption.as_ref(), "--caption"),
+        ],
+        o.image.as_deref(),
     )?;
-    Ok(Plan {
-        effects,
-        a_src,
-        b_src,
-    })
+    Ok(Plan { effects, bases })
 }
 
 pub(crate) fn rgb_png(out: &mut OutDir, rel: &str, img: &RgbImage8, step: &str) -> Result<()> {
@@ -422,49 +412,17 @@ pub(crate) fn lora_meta(
 pub fn run(o: &CopierOptions) -> Result<RunSummary> {
     let t_start = Instant::now();
     let plan = validate(o)?;
-    // Load what can be loaded before touching the folder, so bad input fails before any work.
-    let a_file = match &plan.a_src {
-        BaseSource::File(p) => Some(load_model(p)?),
-        _ => None,
-    };
-    let b_file = match &plan.b_src {
-        Some(BaseSource::File(p)) => Some(load_model(p)?),
-        _ => None,
-    };
-    if let (Some(a), Some(b)) = (&a_file, &b_file) {
-        if a.model.unet != b.model.unet || a.model.te != b.model.te {
-            return Err(Error::Checkpoint {
-                path: b.path.clone(),
-                msg: "base B has another architecture than base A: the LoRAs cannot apply to it"
-                    .into(),
-            });
-        }
-    }
-    if let Some(a) = &a_file {
-        if let Some(p) = &o.prompt {
-            check_text(a, p, "--prompt")?;
-        }
-        if let Some(c) = &o.caption {
-            check_text(a, c, "--caption")?;
-        }
-        if let Some(img) = &o.image {
-            load_original(img, a.image_side())?;
-        }
-    }
-    let mut out = OutDir::open(&o.out, "copier", &fingerprint(o, &plan.a_src, &plan.b_src))?;
+    let mut out = OutDir::open(
+        &o.out,
+        "copier",
+        &plan.bases.fingerprint(&fingerprint_options(o)),
+    )?;
     let mut summary = RunSummary {
         out: o.out.clone(),
         ..Default::default()
     };
-    let base_a = match a_file {
-        Some(m) => m,
-        None => materialise(&plan.a_src, &mut out, "base_a.safetensors")?,
-    };
-    let base_b = match (b_file, &plan.b_src) {
-        (Some(m), _) => Some(m),
-        (None, Some(src)) => Some(materialise(src, &mut out, "base_b.safetensors")?),
-        _ => None,
-    };
+    let notes = plan.bases.notes();
+    let (base_a, base_b) = plan.bases.into_models(&mut out)?;
     if let Some(img) = &o.image {
         load_original(img, base_a.image_side())?;
     }
@@ -1047,7 +1005,7 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
             let input = ReportInput {
             title: "Copier LoRA report".into(),
             settings: settings_lines(o, &base_a, base_b.as_ref(), &prompts, &captions, effects),
-            notes: notes(&plan),
+            notes: notes.clone(),
             strips: vec![
                 ("Originals (first column) and processed images (one column per effect, in the order of --effects); one row per original.".into(), "report/images.png".into()),
                 ("Copier model (left) and base model A (right) on the evaluation prompts and seeds.".into(), "report/copier_fidelity.png".into()),
@@ -1079,17 +1037,6 @@ fn eval_json(eval: &EvalResult, fid: &Fidelity) -> serde_json::Value {
     let mut v = eval.to_json();
     v["fidelity"] = serde_json::json!({"copier_psnr": fid.copier_psnr, "copier_ssim": fid.copier_ssim, "base_psnr": fid.base_psnr});
     v
-}
-
-fn notes(plan: &Plan) -> Vec<String> {
-    let mut n = Vec::new();
-    if matches!(plan.a_src, BaseSource::Random { .. }) {
-        n.push("no demo base checkpoint was found, so base A and B are seeded random-init models (`--init_random`): the steps run as designed but the images are not meaningful pictures; give `--ckpt`/`--ckpt_b` for real results.".into());
-    }
-    if plan.b_src.is_none() {
-        n.push("no base B was given (`--ckpt_b`): effects are measured on base A only.".into());
-    }
-    n
 }
 
 fn settings_lines(

@@ -19,8 +19,8 @@ use image::DynamicImage;
 use lora_core::LoraFile;
 
 use super::common::{
-    base_sources, check_text, eval_prompts, load_original, materialise, random_captions, run_step,
-    step_times, BaseSource, Progress, DEFAULT_PROMPT,
+    check_given_image, check_text, eval_prompts, load_original, random_captions, run_step,
+    step_times, Bases, Progress, DEFAULT_PROMPT,
 };
 use super::copier::{item, load_png, lora_meta, rgb_png, train_many, EvalOptions, RunSummary};
 use super::effects::{parse_effects, EffectSpec, MetricSet};
@@ -151,7 +151,8 @@ impl Default for DiffExtractOptions {
     }
 }
 
-fn fingerprint(o: &DiffExtractOptions, a: &BaseSource, b: &Option<BaseSource>) -> String {
+/// The options that change the outputs (the rest cleared), for the manifest's fingerprint.
+fn fingerprint_options(o: &DiffExtractOptions) -> DiffExtractOptions {
     let mut c = o.clone();
     c.out = PathBuf::new();
     c.stop_after = None;
@@ -159,19 +160,7 @@ fn fingerprint(o: &DiffExtractOptions, a: &BaseSource, b: &Option<BaseSource>) -
     c.jobs = 0;
     c.ckpt = None;
     c.ckpt_b = None;
-    let src = |s: &BaseSource| match s {
-        BaseSource::File(p) => format!(
-            "file {} sha256 {}",
-            p.display(),
-            lora_core::sha256_file(p).unwrap_or_default()
-        ),
-        BaseSource::Random { config, seed } => format!("random {config} seed {seed}"),
-    };
-    format!(
-        "base A: {}\nbase B: {}\n{c:#?}",
-        src(a),
-        b.as_ref().map(src).unwrap_or_else(|| "none".into())
-    )
+    c
 }
 
 /// Runs the `diff_extract` pipeline.
@@ -196,61 +185,30 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
     {
         return Err(Error::option("--processed-start continue", "continues the copier LoRA's weights: the LoRAs B need its network_dim, conv_dim and modules"));
     }
-    if o.image.is_some() && o.caption.is_none() && o.prompt.is_none() {
-        return Err(Error::option(
-            "--image",
-            "a given image needs --caption (or --prompt)",
-        ));
-    }
-    if o.eval.prompts == 0 || o.eval.seeds == 0 {
-        return Err(Error::option(
-            "--eval_prompts / --eval_seeds",
-            "must be at least 1",
-        ));
-    }
-    let (a_src, b_src) = base_sources(
+    check_given_image(o.image.as_deref(), o.caption.as_ref(), o.prompt.as_ref())?;
+    o.eval.validate()?;
+    // Load what can be loaded before touching the folder, so bad input fails before any work.
+    let bases = Bases::load(
         o.ckpt.as_deref(),
         o.ckpt_b.as_deref(),
         o.init_random.as_deref(),
+        &[
+            (o.prompt.as_ref(), "--prompt"),
+            (o.caption.as_ref(), "--caption"),
+        ],
+        o.image.as_deref(),
     )?;
-    let a_file = match &a_src {
-        BaseSource::File(p) => Some(load_model(p)?),
-        _ => None,
-    };
-    let b_file = match &b_src {
-        Some(BaseSource::File(p)) => Some(load_model(p)?),
-        _ => None,
-    };
-    if let (Some(a), Some(b)) = (&a_file, &b_file) {
-        if a.model.unet != b.model.unet || a.model.te != b.model.te {
-            return Err(Error::Checkpoint {
-                path: b.path.clone(),
-                msg: "base B has another architecture than base A".into(),
-            });
-        }
-    }
-    if let (Some(a), Some(img)) = (&a_file, &o.image) {
-        load_original(img, a.image_side())?;
-    }
-    for (t, flag) in [(&o.prompt, "--prompt"), (&o.caption, "--caption")] {
-        if let (Some(a), Some(t)) = (&a_file, t) {
-            check_text(a, t, flag)?;
-        }
-    }
-    let mut out = OutDir::open(&o.out, "diff_extract", &fingerprint(o, &a_src, &b_src))?;
+    let mut out = OutDir::open(
+        &o.out,
+        "diff_extract",
+        &bases.fingerprint(&fingerprint_options(o)),
+    )?;
     let mut summary = RunSummary {
         out: o.out.clone(),
         ..Default::default()
     };
-    let base_a = match a_file {
-        Some(m) => m,
-        None => materialise(&a_src, &mut out, "base_a.safetensors")?,
-    };
-    let base_b = match (b_file, &b_src) {
-        (Some(m), _) => Some(m),
-        (None, Some(s)) => Some(materialise(s, &mut out, "base_b.safetensors")?),
-        _ => None,
-    };
+    let base_notes = bases.notes();
+    let (base_a, base_b) = bases.into_models(&mut out)?;
     let side = base_a.image_side();
     let prompt = o
         .prompt
@@ -623,10 +581,7 @@ pub fn run(o: &DiffExtractOptions) -> Result<RunSummary> {
             out.record("eval.json", "7")?;
             // The evaluation's own time (sampling and measuring; the report itself takes milliseconds).
             let steps = step_times(out, "7 evaluate", t_eval);
-            let mut notes = Vec::new();
-            if matches!(a_src, BaseSource::Random { .. }) {
-                notes.push("no demo base checkpoint was found: base A and B are seeded random-init stand-ins (`--init_random`).".to_string());
-            }
+            let notes = base_notes.clone();
             let readings = "- `copier-model`: B is a fresh LoRA trained on the copier model (base A + A). A − B holds A itself, so at high strength the original image reappears.\n\
                         - `continue`: B is A's own weights trained further on the processed image (`--network_weights`); A − B is the edit alone.\n\
                         - `base`: B is a fresh LoRA trained on base A. A and B start independently, so A − B holds the difference of two independent fits besides the edit; the control (A − B_control on the unprocessed original) measures that artifact.";
