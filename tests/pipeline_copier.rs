@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use copier_lora::lora_core::{LoraFile, SafetensorsFile};
 use copier_lora::lora_cuda::model::{ClipConfig, SdModel, UNetConfig};
+use copier_lora::pipeline::effects::parse_effects;
 use copier_lora::pipeline::model_io::{
     load_model, load_network, save_model, LoadedModel, MODEL_PRECISION,
 };
-use copier_lora::pipeline::{copier, CopierOptions, TrainOptions};
+use copier_lora::pipeline::{copier, pool, CopierOptions, TrainOptions};
 use copier_lora::Error;
 
 /// The pipelines run one at a time in this binary: side-by-side trainings and sampling switch OpenBLAS to one
@@ -193,6 +194,37 @@ fn copier_runs_end_to_end_with_every_optional_step() {
     }
     assert!(s.verdicts.iter().any(|v| v.base == "B"));
     assert!(s.copier_psnr.unwrap().is_finite());
+    // Pooling the run with itself: its own verdict rows from eval.json alone, over twice the pairs.
+    let specs = parse_effects(&o.effects).unwrap();
+    let own: Vec<_> = s
+        .verdicts
+        .iter()
+        .filter(|v| v.group == "processed LoRA")
+        .collect();
+    let (one, rows) = pool::pooled_verdicts(std::slice::from_ref(out), &specs).unwrap();
+    assert_eq!(one.jobs.len(), 2);
+    assert_eq!(rows.len(), own.len());
+    for (r, v) in rows.iter().zip(&own) {
+        assert_eq!(
+            (&r.lora, &r.base, &r.verdict),
+            (&v.lora, &v.base, &v.verdict)
+        );
+        // eval.json's numbers read back within serde_json's parsing rounding.
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1e-300);
+        for (a, b) in [(r.plus, v.plus), (r.minus, v.minus)] {
+            assert!(close(a.0, b.0) && close(a.1, b.1), "{a:?} vs {b:?}");
+        }
+        assert!((r.effect_delta - v.effect_delta).abs() < 1e-9);
+    }
+    let (two, rows2) = pool::pooled_verdicts(&[out.clone(), out.clone()], &specs).unwrap();
+    assert_eq!(two.jobs.len(), 4);
+    for (r, v) in rows2.iter().zip(&own) {
+        assert!((r.plus.0 - v.plus.0).abs() <= 1e-9 * v.plus.0.abs().max(1.0));
+    }
+    let e = pool::pooled_verdicts(&[out.clone(), t.path().join("none")], &specs)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("none") && e.contains("eval.json"), "{e}");
     let eval: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(eval["strengths"].as_array().unwrap().len(), 5);

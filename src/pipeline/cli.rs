@@ -225,8 +225,8 @@ pub struct CommonArgs {
     /// Sampler (ddim, euler_a).
     #[arg(long, default_value = "ddim")]
     pub sampler: String,
-    /// Evaluation prompts.
-    #[arg(long, default_value_t = 4)]
+    /// Evaluation prompts (each at --eval_seeds seeds: 16 prompt/seed pairs by default).
+    #[arg(long, default_value_t = 8)]
     pub eval_prompts: usize,
     /// Evaluation seeds per prompt.
     #[arg(long, default_value_t = 2)]

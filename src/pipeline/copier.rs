@@ -105,7 +105,9 @@ impl EvalOptions {
 impl Default for EvalOptions {
     fn default() -> Self {
         EvalOptions {
-            prompts: 4,
+            // 8 prompts × 2 seeds: the effect-specific changes are 0.1–0.2 of what the effects did to the
+            // original, near 2 SE on 8 pairs (docs/copier-results.md, session 9).
+            prompts: 8,
             seeds: 2,
             strengths: vec![-1.0, -0.5, 0.0, 0.5, 1.0],
             grid_rows: 4,

@@ -15,7 +15,7 @@ use super::effects::{MetricSet, METRICS};
 use super::gen::{sample_jobs, to_dynamic, Job, SampleSettings};
 use super::model_io::LoadedModel;
 use super::outdir::OutDir;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A LoRA to measure.
 #[derive(Clone, Debug)]
@@ -64,6 +64,107 @@ impl EvalResult {
             "strengths": self.strengths,
             "jobs": self.jobs.iter().map(|j| json!({"prompt": j.prompt, "seed": j.seed})).collect::<Vec<_>>(),
             "tables": tables,
+        })
+    }
+}
+
+impl EvalResult {
+    /// Reads back [`to_json`](Self::to_json)'s form (a run's `eval.json`); errors name `dir`, the run folder.
+    pub fn from_json(v: &Value, dir: &std::path::Path) -> Result<EvalResult> {
+        let bad = |msg: String| Error::OutDir {
+            dir: dir.into(),
+            msg: format!("eval.json: {msg}"),
+        };
+        let strengths: Vec<f32> = serde_json::from_value(v["strengths"].clone())
+            .map_err(|e| bad(format!("strengths: {e}")))?;
+        let jobs = v["jobs"]
+            .as_array()
+            .ok_or_else(|| bad("no jobs".into()))?
+            .iter()
+            .map(|j| match (j["prompt"].as_str(), j["seed"].as_u64()) {
+                (Some(p), Some(s)) => Ok(Job {
+                    prompt: p.into(),
+                    seed: s,
+                }),
+                _ => Err(bad(format!("a job without prompt and seed: {j}"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut tables = BTreeMap::new();
+        for t in v["tables"]
+            .as_array()
+            .ok_or_else(|| bad("no tables".into()))?
+        {
+            let (Some(b), Some(l)) = (t["base"].as_str(), t["lora"].as_str()) else {
+                return Err(bad(format!("a table without base and LoRA: {}", t["base"])));
+            };
+            let metrics: Vec<String> = serde_json::from_value(t["metrics"].clone())
+                .map_err(|e| bad(format!("table {b}/{l}: metrics: {e}")))?;
+            if metrics != METRICS {
+                return Err(bad(format!(
+                    "table {b}/{l}: metrics {metrics:?}, expected {METRICS:?}"
+                )));
+            }
+            let values: Table = serde_json::from_value(t["values"].clone())
+                .map_err(|e| bad(format!("table {b}/{l}: values: {e}")))?;
+            let well_formed = values.len() == strengths.len()
+                && values
+                    .iter()
+                    .all(|s| s.len() <= jobs.len() && s.iter().all(|m| m.len() == METRICS.len()));
+            if !well_formed {
+                return Err(bad(format!(
+                    "table {b}/{l}: not [strength][job][metric] for {} strengths and {} jobs",
+                    strengths.len(),
+                    jobs.len()
+                )));
+            }
+            tables.insert((b.to_string(), l.to_string()), values);
+        }
+        Ok(EvalResult {
+            strengths,
+            jobs,
+            tables,
+            grids: BTreeMap::new(),
+        })
+    }
+
+    /// Several runs' results as one, each run's jobs after the previous run's: the (base, LoRA) tables that
+    /// every run has, at the strengths they share (which must be the same). Runs of the same settings with
+    /// other training seeds pool into one verdict over all their prompt/seed pairs.
+    pub fn pooled(runs: &[EvalResult]) -> Option<EvalResult> {
+        let first = runs.first()?;
+        if runs.iter().any(|r| r.strengths != first.strengths) {
+            return None;
+        }
+        let mut tables = BTreeMap::new();
+        for key in first.tables.keys() {
+            let Some(parts) = runs
+                .iter()
+                .map(|r| r.tables.get(key).map(|t| (t, r.jobs.len())))
+                .collect::<Option<Vec<_>>>()
+            else {
+                continue;
+            };
+            // A strength sampled on some runs' first jobs only (the grid's rows) has no pooled rows: its rows
+            // would not line up with the pooled jobs.
+            let t: Table = (0..first.strengths.len())
+                .map(|s| {
+                    if parts.iter().all(|(t, n)| t[s].len() == *n) {
+                        parts
+                            .iter()
+                            .flat_map(|(t, _)| t[s].iter().cloned())
+                            .collect()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            tables.insert(key.clone(), t);
+        }
+        Some(EvalResult {
+            strengths: first.strengths.clone(),
+            jobs: runs.iter().flat_map(|r| r.jobs.iter().cloned()).collect(),
+            tables,
+            grids: BTreeMap::new(),
         })
     }
 }
@@ -475,6 +576,61 @@ mod tests {
             "two random models should draw different images"
         );
         assert_eq!(bar.position(), 2 * (4 * 2 + 1));
+    }
+
+    fn run(jobs: usize, offset: f64) -> EvalResult {
+        let row = |j: usize, s: usize| vec![offset + (10 * s + j) as f64; METRICS.len()];
+        let table = |rows_between: usize| -> Table {
+            (0..3)
+                .map(|s| {
+                    let n = if s == 1 { rows_between } else { jobs };
+                    (0..n).map(|j| row(j, s)).collect()
+                })
+                .collect()
+        };
+        let mut tables = BTreeMap::new();
+        tables.insert(("B".to_string(), "outline".to_string()), table(1));
+        tables.insert(("B".to_string(), "control".to_string()), table(jobs));
+        EvalResult {
+            strengths: vec![-1.0, 0.0, 1.0],
+            jobs: (0..jobs)
+                .map(|j| Job {
+                    prompt: format!("p{j}"),
+                    seed: j as u64,
+                })
+                .collect(),
+            tables,
+            grids: BTreeMap::new(),
+        }
+    }
+
+    /// `eval.json` reads back as written; pooling puts each run's jobs after the previous run's and drops a
+    /// strength that some run sampled on its first jobs only.
+    #[test]
+    fn eval_json_round_trips_and_runs_pool() {
+        let dir = std::path::Path::new("run");
+        let a = run(2, 0.0);
+        let back = EvalResult::from_json(&a.to_json(), dir).unwrap();
+        assert_eq!(
+            (back.strengths.clone(), back.jobs.clone()),
+            (a.strengths.clone(), a.jobs.clone())
+        );
+        assert_eq!(back.tables, a.tables);
+        let b = run(3, 100.0);
+        let p = EvalResult::pooled(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(p.jobs.len(), 5);
+        let v = p.values("B", "control", 2, 0).unwrap();
+        assert_eq!(v, vec![20.0, 21.0, 120.0, 121.0, 122.0]);
+        assert_eq!(p.values("B", "control", 1, 0).unwrap().len(), 5);
+        assert!(p.values("B", "outline", 1, 0).unwrap().is_empty());
+        let mut other = b;
+        other.strengths = vec![-1.0, 0.0, 0.5];
+        assert!(EvalResult::pooled(&[a.clone(), other]).is_none());
+        // A damaged file is an error naming the folder.
+        let mut j = a.to_json();
+        j["tables"][0]["values"] = serde_json::json!([[[1.0]]]);
+        let e = EvalResult::from_json(&j, dir).unwrap_err().to_string();
+        assert!(e.contains("run") && e.contains("eval.json"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod gen;
 pub mod model_io;
 pub mod outdir;
+pub mod pool;
 pub mod prompt_check;
 pub mod report;
 pub mod train;
