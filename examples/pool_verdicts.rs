@@ -41,22 +41,8 @@ fn main() {
                 pooled.jobs.len()
             );
             println!("{}", report::verdict_table(&rows));
-            for base in rows
-                .iter()
-                .map(|r| r.base.clone())
-                .collect::<std::collections::BTreeSet<_>>()
+            for (base, (plus, strict, n)) in report::transfer_counts(&rows, report::PROCESSED_GROUP)
             {
-                let (plus, strict) =
-                    rows.iter()
-                        .filter(|r| r.base == base)
-                        .fold((0, 0), |(p, s), r| {
-                            let yes = r.verdict == "yes";
-                            (
-                                p + (yes || r.verdict == "+1 only") as usize,
-                                s + yes as usize,
-                            )
-                        });
-                let n = rows.iter().filter(|r| r.base == base).count();
                 println!("- base {base}: {plus} of {n} effects beyond 2 SE in the right direction at +1; {strict} also opposite at −1");
             }
         }

@@ -22,7 +22,7 @@ use super::common::{
     check_given_image, check_text, eval_prompts, load_original, random_captions, run_step,
     step_times, Bases, Progress, DEFAULT_PROMPT,
 };
-use super::effects::{parse_effects, EffectSpec, MetricSet};
+use super::effects::{effect_deltas, parse_effects, EffectSpec, MetricSet};
 use super::eval::{
     evaluate, grid_image, sample_tasks, save_png, EvalLora, EvalPlan, EvalResult, SampleTask,
 };
@@ -32,7 +32,9 @@ use super::model_io::{
     save_model, LoadedModel, MODEL_PRECISION,
 };
 use super::outdir::{write_atomic, OutDir};
-use super::report::{write_report, Comparison, Fidelity, ReportInput, Verdict};
+use super::report::{
+    processed_comparisons, write_report, Comparison, Fidelity, ReportInput, Verdict,
+};
 use super::train::{train_lora, TrainOptions};
 use crate::error::{Error, Result};
 
@@ -865,13 +867,8 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
             Some(k),
             Some("control".into()),
         )?;
-        comparisons.push(Comparison {
-            lora: e.label.clone(),
-            control: "control".into(),
-            effect: k,
-            group: "processed LoRA".into(),
-        });
     }
+    comparisons.extend(processed_comparisons(effects));
     if let Some(dim) = o.resize {
         let cl = format!("control_r{dim}");
         add(
@@ -948,15 +945,9 @@ pub fn run(o: &CopierOptions) -> Result<RunSummary> {
             save_png(out, "report/images.png", &grid_image(&cols), "10")?;
             // What each effect did to the original.
             let metrics = MetricSet::for_effects(effects);
-            let m0 = metrics.measure(&to_dynamic(&originals[0]));
-            let effect_deltas: Vec<f64> = effects
-                .iter()
-                .map(|e| -> Result<f64> {
-                    let p = load_png(out, &proc_rel(0, e))?;
-                    let k = e.metric_index();
-                    Ok(metrics.measure(&to_dynamic(&p))[k] - m0[k])
-                })
-                .collect::<Result<_>>()?;
+            let effect_deltas = effect_deltas(effects, &to_dynamic(&originals[0]), |e| {
+                Ok(to_dynamic(&load_png(out, &proc_rel(0, e))?))
+            })?;
             // Copier fidelity.
             bar.set_message("copier fidelity");
             let copier = load_model(&out.dir().join(&cmodel_rels[0]))?;

@@ -80,6 +80,24 @@ impl EffectSpec {
     }
 }
 
+/// What each effect did to the original: its metric on the processed image (`processed(effect)`) minus the
+/// same metric on `original`.
+pub fn effect_deltas(
+    effects: &[EffectSpec],
+    original: &DynamicImage,
+    mut processed: impl FnMut(&EffectSpec) -> Result<DynamicImage>,
+) -> Result<Vec<f64>> {
+    let metrics = MetricSet::for_effects(effects);
+    let m0 = metrics.measure(original);
+    effects
+        .iter()
+        .map(|e| {
+            let k = e.metric_index();
+            Ok(metrics.measure(&processed(e)?)[k] - m0[k])
+        })
+        .collect()
+}
+
 /// Splits `--effects` into specs: effects are separated by commas, but a comma followed by `key=value`
 /// continues the previous effect's parameters (`outline:strength=0.5,thickness=2,flatten`).
 pub fn parse_effects(list: &[String]) -> Result<Vec<EffectSpec>> {

@@ -66,9 +66,7 @@ impl EvalResult {
             "tables": tables,
         })
     }
-}
 
-impl EvalResult {
     /// Reads back [`to_json`](Self::to_json)'s form (a run's `eval.json`); errors name `dir`, the run folder.
     pub fn from_json(v: &Value, dir: &std::path::Path) -> Result<EvalResult> {
         let bad = |msg: String| Error::OutDir {

@@ -6,9 +6,9 @@
 use std::fs;
 use std::path::PathBuf;
 
-use super::effects::{EffectSpec, MetricSet};
+use super::effects::{effect_deltas, EffectSpec};
 use super::eval::EvalResult;
-use super::report::{verdicts, Comparison, ReportInput, Verdict};
+use super::report::{processed_comparisons, verdicts, ReportInput, Verdict};
 use crate::error::{Error, Result};
 
 /// The pooled evaluation of the `copier` runs in `dirs` and its verdict rows for `effects` (each effect's
@@ -37,34 +37,16 @@ pub fn pooled_verdicts(
         dir: first.clone(),
         msg: "the runs were evaluated at other strengths: they do not pool".into(),
     })?;
-    let metrics = MetricSet::for_effects(effects);
-    let measure = |rel: &str| -> Result<Vec<f64>> {
-        let img = imgfx::io::load_image(&first.join(rel), 1 << 26)?;
-        Ok(metrics.measure(&img))
-    };
-    let original = measure("img0/original.png")?;
-    let effect_deltas = effects
-        .iter()
-        .map(|e| {
-            let k = e.metric_index();
-            Ok(measure(&format!("img0/processed_{}.png", e.label))?[k] - original[k])
-        })
-        .collect::<Result<Vec<f64>>>()?;
+    let load = |rel: &str| Ok(imgfx::io::load_image(&first.join(rel), 1 << 26)?);
+    let effect_deltas = effect_deltas(effects, &load("img0/original.png")?, |e| {
+        load(&format!("img0/processed_{}.png", e.label))
+    })?;
     let mut bases: Vec<String> = pooled.tables.keys().map(|(b, _)| b.clone()).collect();
     bases.dedup();
     let input = ReportInput {
         effect_deltas,
         effects: effects.to_vec(),
-        comparisons: effects
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Comparison {
-                lora: e.label.clone(),
-                control: "control".into(),
-                effect: i,
-                group: "processed LoRA".into(),
-            })
-            .collect(),
+        comparisons: processed_comparisons(effects),
         bases,
         ..ReportInput::default()
     };

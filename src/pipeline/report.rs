@@ -87,6 +87,40 @@ fn idx(strengths: &[f32], s: f32) -> Option<usize> {
     strengths.iter().position(|&x| (x - s).abs() < 1e-6)
 }
 
+/// The group of the processed LoRAs' comparisons, each against the `control` LoRA.
+pub const PROCESSED_GROUP: &str = "processed LoRA";
+
+/// Each effect's processed LoRA (labelled by the effect) against the control, as `copier` evaluates them.
+pub fn processed_comparisons(effects: &[EffectSpec]) -> Vec<Comparison> {
+    effects
+        .iter()
+        .enumerate()
+        .map(|(k, e)| Comparison {
+            lora: e.label.clone(),
+            control: "control".into(),
+            effect: k,
+            group: PROCESSED_GROUP.into(),
+        })
+        .collect()
+}
+
+/// Per base, over the rows of `group`: (effects beyond 2 SE in the right direction at +1, of those also
+/// opposite at −1, rows).
+pub fn transfer_counts(rows: &[Verdict], group: &str) -> BTreeMap<String, (usize, usize, usize)> {
+    let mut by_base: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    for v in rows.iter().filter(|v| v.group == group) {
+        let e = by_base.entry(v.base.clone()).or_default();
+        e.2 += 1;
+        if v.verdict == "yes" || v.verdict == "+1 only" {
+            e.0 += 1;
+        }
+        if v.verdict == "yes" {
+            e.1 += 1;
+        }
+    }
+    by_base
+}
+
 /// Computes the verdict rows.
 pub fn verdicts(input: &ReportInput, eval: &EvalResult) -> Vec<Verdict> {
     let mut out = Vec::new();
@@ -335,23 +369,13 @@ pub fn write_report(
          `yes` = beyond 2 SE in the effect's direction at +1 and in the opposite direction at −1.\n\n",
     );
     md.push_str(&verdict_table(&rows));
-    let mut by_base: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    for v in rows.iter().filter(|v| {
-        v.group
-            == input
-                .comparisons
-                .first()
-                .map(|c| c.group.as_str())
-                .unwrap_or("")
-    }) {
-        let e = by_base.entry(v.base.as_str()).or_default();
-        e.1 += 1;
-        if v.verdict == "yes" || v.verdict == "+1 only" {
-            e.0 += 1;
-        }
-    }
+    let group = input
+        .comparisons
+        .first()
+        .map(|c| c.group.as_str())
+        .unwrap_or("");
     md.push('\n');
-    for (b, (ok, n)) in by_base {
+    for (b, (ok, _, n)) in transfer_counts(&rows, group) {
         let _ = writeln!(
             md,
             "- base {b}: {ok} of {n} effects change beyond 2 SE in the right direction at +1."
